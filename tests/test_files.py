@@ -1,0 +1,23 @@
+import json
+
+import pytest
+
+from minispan.files import atomic_write, write_json
+
+
+def test_write_json_round_trip(tmp_path):
+    path = tmp_path / "sub" / "out.json"
+    write_json(path, {"a": 1, "é": [1, 2]})
+    assert json.loads(path.read_text(encoding="utf-8")) == {"a": 1, "é": [1, 2]}
+    assert [p.name for p in path.parent.iterdir()] == ["out.json"]
+
+
+def test_failed_write_leaves_old_file_and_no_temp(tmp_path):
+    path = tmp_path / "out.json"
+    path.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(path) as f:
+            f.write("half")
+            raise RuntimeError("crash mid-write")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
