@@ -21,6 +21,10 @@ def atomic_write(path, mode="w", encoding="utf-8"):
             yield f
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp creates the file private (0600); give it the mode an ordinary open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

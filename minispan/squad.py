@@ -1,4 +1,13 @@
-"""Read SQuAD 2.0 JSON into plain Example objects, validating as we go."""
+"""Read SQuAD 2.0 JSON into plain Example objects, validating as we go.
+
+The file is `{"version": ..., "data": [article, ...]}`; an article has a `title` and `paragraphs`; a paragraph
+has a `context` and `qas`; a question has an `id`, the `question`, `answers` (each `{"text", "answer_start"}`,
+a character offset into the context) and, in SQuAD 2.0, `is_impossible`. Unanswerable questions have no
+answers (their `plausible_answers` are ignored). Every problem is reported in one line naming the file, the
+question id and the field, so a broken file is fixed in one look.
+"""
+import json
+import warnings
 from dataclasses import dataclass, field
 from typing import List
 
@@ -19,5 +28,96 @@ class Example:
     is_impossible: bool = False
 
 
+class SquadFormatError(ValueError):
+    """The file is not SQuAD-format JSON; the message names the file, the question id and the field."""
+
+
+class SquadWarning(UserWarning):
+    """Data we can read but not fully trust, e.g. an answer that is not at its answer_start."""
+
+
 def read_squad(path, training=False):
-    raise NotImplementedError  # issue 2
+    """Read a SQuAD 1.1/2.0 JSON file into a list of Example, in the file's order.
+
+    With training=True, answers that cannot be located in their context (answer_start out of range, or the
+    text is not there) are dropped with a warning, and so is an answerable question left with no usable
+    answer: the training target is taken from the answer's position. For evaluation such answers are kept
+    (a warning still names them) because scoring compares answer texts, not offsets.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            root = json.load(f)
+    except OSError as e:
+        raise SquadFormatError(f"{path}: cannot read: {e.strerror or e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SquadFormatError(f"{path}: not valid JSON ({e})") from None
+    data = root.get("data") if isinstance(root, dict) else None
+    if not isinstance(data, list):
+        raise SquadFormatError(f"{path}: expected a JSON object with a 'data' list of articles")
+
+    examples, seen = [], set()
+    for a, article in enumerate(data):
+        where = f"{path}: data[{a}]"
+        title = _get(article, "title", str, where, default="")
+        for p, paragraph in enumerate(_get(article, "paragraphs", list, where)):
+            where = f"{path}: data[{a}].paragraphs[{p}]"
+            context = _get(paragraph, "context", str, where)
+            for q, qa in enumerate(_get(paragraph, "qas", list, where)):
+                qid = _get(qa, "id", str, f"{where}.qas[{q}]")
+                where_q = f"{path}: question {qid!r}"
+                if qid in seen:
+                    raise SquadFormatError(f"{where_q}: duplicate id")
+                seen.add(qid)
+                example = _read_question(qa, qid, title, context, where_q, training)
+                if example is not None:
+                    examples.append(example)
+    return examples
+
+
+def _read_question(qa, qid, title, context, where, training):
+    question = _get(qa, "question", str, where)
+    # `answers` may be absent in a file made for prediction only (no gold answers).
+    raw_answers = _get(qa, "answers", list, where, default=[])
+    answers = []
+    for i, raw in enumerate(raw_answers):
+        text = _get(raw, "text", str, f"{where}: answers[{i}]")
+        start = _get(raw, "answer_start", int, f"{where}: answers[{i}]")
+        if not 0 <= start <= len(context) - len(text):
+            problem = f"answer_start {start} is out of range for a context of {len(context)} characters"
+        elif context[start:start + len(text)] != text:
+            problem = f"text {text!r} is not at answer_start {start}"
+        else:
+            answers.append(Answer(text, start))
+            continue
+        warnings.warn(f"{where}: answers[{i}]: {problem}" + ("; answer dropped" if training else ""),
+                      SquadWarning, stacklevel=3)
+        if not training:
+            answers.append(Answer(text, start))
+
+    is_impossible = _get(qa, "is_impossible", bool, where, default=not raw_answers)
+    if is_impossible and raw_answers:
+        raise SquadFormatError(f"{where}: field 'is_impossible': true, but 'answers' is not empty")
+    if training and not is_impossible and not answers:
+        warnings.warn(f"{where}: answerable but no answer can be located in the context; example dropped",
+                      SquadWarning, stacklevel=3)
+        return None
+    return Example(qid, title, question, context, answers, is_impossible)
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list"}
+
+
+def _get(obj, key, kind, where, default=None):
+    """obj[key], checked to be of type `kind`; `default` (when given) stands in for a missing key."""
+    if not isinstance(obj, dict):
+        raise SquadFormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    if key not in obj:
+        if default is not None:
+            return default
+        raise SquadFormatError(f"{where}: missing field '{key}'")
+    value = obj[key]
+    # bool is a subclass of int in Python, but `true` is not an offset.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise SquadFormatError(f"{where}: field '{key}': expected {_TYPE_NAMES[kind]}, "
+                               f"got {json.dumps(value)[:40]}")
+    return value

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -10,6 +11,9 @@ def test_write_json_round_trip(tmp_path):
     write_json(path, {"a": 1, "é": [1, 2]})
     assert json.loads(path.read_text(encoding="utf-8")) == {"a": 1, "é": [1, 2]}
     assert [p.name for p in path.parent.iterdir()] == ["out.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
 
 
 def test_failed_write_leaves_old_file_and_no_temp(tmp_path):

@@ -1,0 +1,401 @@
+"""SQuAD 2.0 evaluation: the official script's numbers (evaluate-v2.0.py), reimplemented from its behaviour.
+
+One question's score. The prediction and each gold answer are normalised (lower case, ASCII punctuation
+dropped, the articles a/an/the dropped, white space collapsed). Exact match (EM) is 1 when the normalised
+strings are equal; F1 is the harmonic mean of precision and recall over the bag of normalised tokens. A
+question takes its best score over its gold answers. Gold answers that normalise to nothing are dropped, and
+a question left without any (an unanswerable one) has the single gold answer "": only an empty prediction
+scores there.
+
+The no-answer probability. A model can also say, per question, how likely it thinks "no answer" is (for
+minispan: the null odds). Any prediction whose probability exceeds `na_prob_thresh` is replaced by "" before
+scoring; best_exact / best_f1 report the scores at the best such threshold, found by walking the questions from
+least to most likely unanswerable, and the precision-recall analysis ranks answers by the same probability.
+
+Floating point: every total is a sum in the official script's order, then 100.0 * sum / total, so the
+numbers equal the official script's to the last bit, not merely closely.
+"""
+import argparse
+import collections
+import json
+import math
+import os
+import re
+import string
+import sys
+import time
+
+import numpy as np
+
+from minispan.files import atomic_write
+
+ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+DROP_PUNCTUATION = str.maketrans("", "", string.punctuation)  # ASCII punctuation only, as the official script
+
+
+def normalize_answer(text):
+    """Lower case, drop punctuation, drop the articles a/an/the, collapse white space: in that order."""
+    text = text.lower().translate(DROP_PUNCTUATION)
+    text = ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def compute_exact(gold, prediction):
+    return int(normalize_answer(gold) == normalize_answer(prediction))
+
+
+def compute_f1(gold, prediction):
+    return token_f1(normalize_answer(gold).split(), normalize_answer(prediction).split())
+
+
+def token_f1(gold_tokens, pred_tokens):
+    """F1 over bags of tokens. If either side is empty (a no-answer), F1 is 1 when both are, else 0."""
+    if not gold_tokens or not pred_tokens:
+        return int(gold_tokens == pred_tokens)
+    num_same = sum((collections.Counter(gold_tokens) & collections.Counter(pred_tokens)).values())
+    if num_same == 0:
+        return 0
+    # The official operations in the official order, so the float is the same to the last bit.
+    precision = 1.0 * num_same / len(pred_tokens)
+    recall = 1.0 * num_same / len(gold_tokens)
+    return (2 * precision * recall) / (precision + recall)
+
+
+def score_question(gold_answers, prediction):
+    """(EM, F1) of one prediction: the best over the gold answers; "" is the gold answer of unanswerables."""
+    # Each distinct gold is normalised once (crowd workers often agree), the prediction once.
+    golds = [g for g in dict.fromkeys(map(normalize_answer, gold_answers)) if g] or [""]
+    pred = normalize_answer(prediction)
+    pred_tokens = pred.split()
+    exact = max(int(g == pred) for g in golds)
+    f1 = max(token_f1(g.split(), pred_tokens) for g in golds)
+    return exact, f1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inputs: checked here so a bad file gives one clear line instead of a traceback deep in the scoring.
+
+def gold_answers(dataset):
+    """{question id: [gold answer texts]} in the dataset's order, from the official JSON or its `data` list.
+
+    An id that appears twice keeps its first position and its last answers, as the official script's dicts do.
+    """
+    if isinstance(dataset, dict):
+        dataset = dataset.get("data")
+    if not isinstance(dataset, list):
+        raise ValueError("expected a SQuAD dataset: a JSON object with a 'data' list of articles")
+    gold = {}
+    for a, article in enumerate(dataset):
+        for p, paragraph in enumerate(_field(article, "paragraphs", list, f"data[{a}]")):
+            for q, qa in enumerate(_field(paragraph, "qas", list, f"data[{a}].paragraphs[{p}]")):
+                qid = _field(qa, "id", str, f"data[{a}].paragraphs[{p}].qas[{q}]")
+                answers = _field(qa, "answers", list, f"question {qid!r}")
+                gold[qid] = [_field(ans, "text", str, f"question {qid!r}: answers[{i}]")
+                             for i, ans in enumerate(answers)]
+    if not gold:
+        raise ValueError("the dataset has no questions")
+    return gold
+
+
+def check_predictions(predictions):
+    """Predictions must map question ids to answer strings ("" for no answer)."""
+    if not isinstance(predictions, dict):
+        raise ValueError("expected a JSON object mapping question ids to answer strings")
+    for qid, text in predictions.items():
+        if not isinstance(text, str):
+            raise ValueError(f"the prediction for {qid!r} is {json.dumps(text)[:40]}, expected a string")
+
+
+def check_na_probs(na_probs, qids):
+    """No-answer probabilities must be numbers, one for every question; ids not in `qids` are dropped.
+
+    The file's order is kept: questions with equal probabilities are walked in that order, as officially.
+    """
+    if not isinstance(na_probs, dict):
+        raise ValueError("expected a JSON object mapping question ids to no-answer probabilities")
+    for qid, p in na_probs.items():
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or math.isnan(p):
+            raise ValueError(f"the no-answer probability for {qid!r} is {json.dumps(p)[:40]}, expected a number")
+    missing = [qid for qid in qids if qid not in na_probs]
+    if missing:
+        raise ValueError(f"no probability for {len(missing)} of {len(qids)} questions (first: {_first(missing)})")
+    return {qid: p for qid, p in na_probs.items() if qid in qids}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The evaluation.
+
+def squad_v2_metrics(dataset, predictions, na_probs=None, na_prob_thresh=1.0, out_image_dir=None):
+    """The official SQuAD v2 metrics, same keys in the same order with the same values.
+
+    dataset: the official JSON (parsed) or its `data` list. predictions: {question id: answer text}; a question
+    without one counts as answered "", ids not in the dataset are ignored. na_probs: {question id: probability
+    of no answer} or None; with it come best_exact/best_f1 and their thresholds. out_image_dir (with na_probs,
+    needs matplotlib): write precision-recall curves and no-answer histograms there and add the pr_*_ap keys.
+    Raises ValueError on malformed input.
+    """
+    gold = gold_answers(dataset)
+    check_predictions(predictions)
+    preds = {qid: predictions.get(qid, "") for qid in gold}
+    has_ans = {qid: bool(answers) for qid, answers in gold.items()}
+    probs = {qid: 0.0 for qid in gold} if na_probs is None else check_na_probs(na_probs, gold)
+
+    exact_raw, f1_raw = {}, {}
+    for qid, answers in gold.items():
+        exact_raw[qid], f1_raw[qid] = score_question(answers, preds[qid])
+    exact = apply_no_ans_threshold(exact_raw, probs, has_ans, na_prob_thresh)
+    f1 = apply_no_ans_threshold(f1_raw, probs, has_ans, na_prob_thresh)
+
+    out = make_eval_dict(exact, f1, list(gold))
+    has_ans_qids = [qid for qid in gold if has_ans[qid]]
+    no_ans_qids = [qid for qid in gold if not has_ans[qid]]
+    if has_ans_qids:
+        merge_eval(out, make_eval_dict(exact, f1, has_ans_qids), "HasAns")
+    if no_ans_qids:
+        merge_eval(out, make_eval_dict(exact, f1, no_ans_qids), "NoAns")
+    if na_probs is not None:
+        out["best_exact"], out["best_exact_thresh"] = find_best_thresh(preds, exact_raw, probs, has_ans)
+        out["best_f1"], out["best_f1_thresh"] = find_best_thresh(preds, f1_raw, probs, has_ans)
+        if out_image_dir:
+            precision_recall_analysis(out, exact_raw, f1_raw, probs, has_ans, out_image_dir)
+    return out
+
+
+def apply_no_ans_threshold(scores, na_probs, has_ans, na_prob_thresh):
+    """Above the threshold the model says "no answer": right (1.0) exactly when the question has none."""
+    return {qid: float(not has_ans[qid]) if na_probs[qid] > na_prob_thresh else s for qid, s in scores.items()}
+
+
+def make_eval_dict(exact, f1, qids):
+    total = len(qids)
+    return collections.OrderedDict([
+        ("exact", 100.0 * sum(exact[qid] for qid in qids) / total),
+        ("f1", 100.0 * sum(f1[qid] for qid in qids) / total),
+        ("total", total),
+    ])
+
+
+def merge_eval(out, new, prefix):
+    for key, value in new.items():
+        out[f"{prefix}_{key}"] = value
+
+
+def find_best_thresh(preds, scores, na_probs, has_ans):
+    """(best score in %, the threshold giving it): the threshold that would maximise the total score.
+
+    With the threshold below every probability, everything is "no answer": every unanswerable question is
+    right. Raising it past a question's probability lets its prediction through: an answerable question gains
+    its score; an unanswerable one loses 1 if the prediction is non-empty (the raw string, as officially: " "
+    counts as an answer here). Questions with equal probabilities are walked one by one in the na_probs order
+    and the first running maximum wins, exactly as the official script does (it has no special case for ties).
+    """
+    order = sorted(na_probs, key=na_probs.__getitem__)  # stable: ties keep the na_probs order
+    diffs = [scores[qid] if has_ans[qid] else (-1 if preds[qid] else 0) for qid in order]
+    start = sum(1 for qid in has_ans if not has_ans[qid])
+    running = np.cumsum([start] + diffs, dtype=np.float64)[1:]  # sequential sums, as the official loop adds
+    best = int(np.argmax(running)) if len(running) else 0
+    if len(running) and running[best] > start:
+        return 100.0 * float(running[best]) / len(scores), na_probs[order[best]]
+    return 100.0 * start / len(scores), 0.0
+
+
+def precision_recall_curve(scores, na_probs, has_ans):
+    """Rank answers by increasing no-answer probability; at each distinct probability, the precision (score
+    of the answerable questions so far / questions so far) and recall (/ all answerable questions).
+
+    Returns (precisions, recalls, average precision in %). A threshold can only sit between different
+    probabilities, so tied questions enter together.
+    """
+    order = sorted(na_probs, key=na_probs.__getitem__)
+    probs = np.array([na_probs[qid] for qid in order], dtype=np.float64)
+    true_pos = np.cumsum([scores[qid] if has_ans[qid] else 0.0 for qid in order], dtype=np.float64)
+    precision = true_pos / np.arange(1, len(order) + 1)
+    recall = true_pos / float(sum(has_ans.values()))
+    ends = np.append(probs[1:] != probs[:-1], True)
+    precisions = np.concatenate([[1.0], precision[ends]])
+    recalls = np.concatenate([[0.0], recall[ends]])
+    # Sum precision x recall gained, left to right (cumsum adds sequentially, as the official loop does).
+    average_precision = np.cumsum(precisions[1:] * np.diff(recalls))[-1]
+    return precisions, recalls, 100.0 * float(average_precision)
+
+
+PR_TITLES = {
+    "pr_exact": "Precision-Recall curve for Exact Match score",
+    "pr_f1": "Precision-Recall curve for F1 score",
+    "pr_oracle": "Oracle Precision-Recall curve (binary task of HasAns vs. NoAns)",
+}
+
+
+def precision_recall_analysis(out, exact_raw, f1_raw, na_probs, has_ans, out_image_dir):
+    """Add pr_exact_ap, pr_f1_ap, pr_oracle_ap to `out`; write their curves and the no-answer histograms."""
+    figure = _figure_class()  # fails early, and clearly, without matplotlib
+    os.makedirs(out_image_dir, exist_ok=True)
+    if any(has_ans.values()):
+        oracle = {qid: float(h) for qid, h in has_ans.items()}  # a perfect answerer: recall of HasAns alone
+        for name, scores in (("pr_exact", exact_raw), ("pr_f1", f1_raw), ("pr_oracle", oracle)):
+            precisions, recalls, ap = precision_recall_curve(scores, na_probs, has_ans)
+            _plot_pr_curve(figure, precisions, recalls, os.path.join(out_image_dir, name + ".png"), PR_TITLES[name])
+            out[name + "_ap"] = ap
+    for name, wanted in (("hasAns", True), ("noAns", False)):
+        values = [na_probs[qid] for qid in has_ans if has_ans[qid] == wanted]
+        if values:
+            _plot_histogram(figure, values, os.path.join(out_image_dir, f"na_prob_hist_{name}.png"), name)
+
+
+def _figure_class():
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("precision-recall images need matplotlib: pip install 'minispan[plot]'") from None
+    return Figure
+
+
+def _plot_pr_curve(figure, precisions, recalls, path, title):
+    fig = figure()
+    ax = fig.subplots()
+    ax.step(recalls, precisions, color="b", alpha=0.2, where="post")
+    ax.fill_between(recalls, precisions, step="post", alpha=0.2, color="b")
+    ax.set(xlabel="Recall", ylabel="Precision", xlim=(0.0, 1.05), ylim=(0.0, 1.05), title=title)
+    _save(fig, path)
+
+
+def _plot_histogram(figure, values, path, name):
+    fig = figure()
+    ax = fig.subplots()
+    ax.hist(values, weights=np.full(len(values), 1.0 / len(values)), bins=20, range=(0.0, 1.0))
+    ax.set(xlabel="Model probability of no-answer", ylabel="Proportion of dataset",
+           title=f"Histogram of no-answer probability: {name}")
+    _save(fig, path)
+
+
+def _save(fig, path):
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png")
+
+
+def _field(obj, key, kind, where):
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    if key not in obj:
+        raise ValueError(f"{where}: missing field '{key}'")
+    if not isinstance(obj[key], kind):
+        raise ValueError(f"{where}: field '{key}' is {json.dumps(obj[key])[:40]}, expected a {kind.__name__}")
+    return obj[key]
+
+
+def _first(ids, n=5):
+    return ", ".join(map(repr, ids[:n])) + (", ..." if len(ids) > n else "")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The command line: python evaluate.py predictions.json dev-v2.0.json [-n null_odds.json] ...
+
+class UsageError(Exception):
+    """A problem with the command's input files: printed as one line, exit status 2."""
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Score SQuAD 2.0 predictions with the official evaluation's metrics (same keys and values).")
+    parser.add_argument("pred_file", metavar="predictions.json", help="{question id: answer text}")
+    parser.add_argument("data_file", metavar="dev-v2.0.json", help="the SQuAD 2.0 dataset (either order works)")
+    parser.add_argument("--na-prob-file", "-n", metavar="na_prob.json",
+                        help="{question id: probability of no answer}, e.g. minispan's null_odds.json")
+    parser.add_argument("--na-prob-thresh", "-t", type=float, default=1.0,
+                        help='predict "" where the no-answer probability exceeds this (default 1.0)')
+    parser.add_argument("--out-file", "-o", metavar="eval.json", help="write the metrics here (default: stdout)")
+    parser.add_argument("--out-image-dir", "-p", metavar="out_images",
+                        help="write precision-recall curves and no-answer histograms here (needs matplotlib)")
+    parser.add_argument("--verbose", "-v", action="store_true", help="say what was read and done, on stderr")
+    parser.add_argument("--strict", action="store_true", help="a question without a prediction is an error")
+    args = parser.parse_args(argv)
+    try:
+        evaluate(args, parser.prog)
+    except (UsageError, ImportError) as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def evaluate(args, prog):
+    def say(message):
+        print(f"{prog}: {message}", file=sys.stderr)
+
+    began = time.perf_counter()
+    first, second = _load_json(args.pred_file), _load_json(args.data_file)
+    pred_file, data_file = args.pred_file, args.data_file
+    if _looks_like_dataset(first) and not _looks_like_dataset(second):
+        say(f"{pred_file} is the dataset and {data_file} the predictions (the official script's order); "
+            "reading them that way round")
+        (pred_file, predictions), (data_file, dataset) = (data_file, second), (pred_file, first)
+    elif _looks_like_dataset(second) and not _looks_like_dataset(first):
+        predictions, dataset = first, second
+    else:
+        raise UsageError(f"expected one predictions file and one SQuAD dataset (a JSON object with a 'data' "
+                         f"list), got {'two' if _looks_like_dataset(first) else 'no'} datasets")
+
+    gold = _checked(data_file, gold_answers, dataset)
+    _checked(pred_file, check_predictions, predictions)
+    missing = [qid for qid in gold if qid not in predictions]
+    unknown = [qid for qid in predictions if qid not in gold]
+    if missing and args.strict:
+        raise UsageError(f"{pred_file}: no prediction for {len(missing)} of {len(gold)} questions "
+                         f"(first: {_first(missing)})")
+    if missing:
+        say(f"no prediction for {len(missing)} of {len(gold)} questions, counted as answered \"\" "
+            f"(first: {_first(missing)})")
+    if unknown:
+        say(f"ignored {len(unknown)} predictions for ids not in {data_file} (first: {_first(unknown)})")
+
+    na_probs = None
+    if args.na_prob_file:
+        na_probs = _load_json(args.na_prob_file)
+        _checked(args.na_prob_file, check_na_probs, na_probs, gold)
+        extra = [qid for qid in na_probs if qid not in gold]
+        if extra:
+            say(f"ignored {len(extra)} no-answer probabilities for ids not in {data_file} (first: {_first(extra)})")
+    image_dir = args.out_image_dir
+    if image_dir and na_probs is None:
+        say("--out-image-dir needs --na-prob-file: no images written")
+        image_dir = None
+    if image_dir:
+        _figure_class()
+
+    out = squad_v2_metrics(dataset, predictions, na_probs, args.na_prob_thresh, image_dir)
+    if args.out_file:
+        with atomic_write(args.out_file) as f:
+            json.dump(out, f)  # compact, like the official script's --out-file
+    else:
+        print(json.dumps(out, indent=2))
+    if args.verbose:
+        n_has = sum(1 for answers in gold.values() if answers)
+        answered = sum(1 for qid in gold if predictions.get(qid, ""))
+        say(f"{data_file}: {len(gold)} questions ({n_has} answerable, {len(gold) - n_has} unanswerable); "
+            f"{pred_file}: {answered} answered, {len(gold) - answered} \"\"")
+        if na_probs is not None:
+            n_null = sum(1 for qid in gold if na_probs[qid] > args.na_prob_thresh)
+            say(f"{n_null} predictions turned into \"\" (no-answer probability > {args.na_prob_thresh})")
+        if image_dir:
+            say(f"images written to {image_dir}")
+        say(f"evaluated in {time.perf_counter() - began:.2f} s")
+
+
+def _load_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read: {e.strerror or e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: not valid JSON ({e})") from None
+
+
+def _looks_like_dataset(obj):
+    return isinstance(obj, dict) and isinstance(obj.get("data"), list)
+
+
+def _checked(path, check, *args):
+    try:
+        return check(*args)
+    except ValueError as e:
+        raise UsageError(f"{path}: {e}") from None
