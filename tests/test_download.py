@@ -1,0 +1,394 @@
+"""Downloads against a local HTTP server on 127.0.0.1: resume, Range ignored, validation,
+malicious tarballs, offline errors and the command line. No network; a few seconds in all."""
+import http.server
+import io
+import json
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from minispan.config import BertConfig
+from minispan.download import DownloadError, download, ensure_spanbert, ensure_squad, extract_tarball, main
+from minispan.model import BertForQuestionAnswering
+from minispan.tokenizer import load_tokenizer
+from minispan.weights import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+BLOB = random.Random(0).randbytes(2_500_000)  # spans several 1 MiB reads
+
+
+# --- a small file server with Range support, and the misbehaviours we want to survive ----------
+
+class FakeServer:
+    def __init__(self):
+        self.files = {}  # URL path -> bytes
+        self.requests = []  # (path, Range header or None), in order
+        self.drop_after = {}  # path -> bytes sent before hanging up (on the next request only)
+        self.redirects = {}  # path -> path, answered with 302 as the hub does (to its CDN)
+        self.ignore_range = False
+        self.url = None
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        fake = self.server.fake
+        range_header = self.headers.get("Range")
+        fake.requests.append((self.path, range_header))
+        if self.path in fake.redirects:
+            self.send_response(302)
+            self.send_header("Location", fake.redirects[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = fake.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        start = 0
+        if range_header and not fake.ignore_range:
+            start = int(re.fullmatch(r"bytes=(\d+)-", range_header).group(1))
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        cut = fake.drop_after.pop(self.path, None)
+        self.wfile.write(body[start:] if cut is None else body[start:start + cut])
+        if cut is not None:
+            self.close_connection = True  # hang up with the body half sent
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    httpd.fake = FakeServer()
+    httpd.fake.url = f"http://127.0.0.1:{httpd.server_address[1]}/"
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread.start()
+    yield httpd.fake
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def dead_url():
+    """A URL on 127.0.0.1 where nothing listens: connection refused, as offline."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
+
+
+def files_under(path):
+    return sorted(str(p.relative_to(path)) for p in Path(path).rglob("*"))
+
+
+# --- one file -------------------------------------------------------------------------------
+
+def test_interrupted_transfer_is_kept_and_resumed_with_range(server, tmp_path):
+    server.files["/blob.bin"] = BLOB
+    server.drop_after["/blob.bin"] = 1_000_000
+    dest = tmp_path / "blob.bin"
+    with pytest.raises(DownloadError, match="interrupted .*run again to resume"):
+        download(server.url + "blob.bin", dest, attempts=1, progress=False)
+    part = tmp_path / "blob.bin.part"
+    assert not dest.exists() and part.read_bytes() == BLOB[:1_000_000]
+
+    assert download(server.url + "blob.bin", dest, progress=False) == dest
+    assert server.requests == [("/blob.bin", None), ("/blob.bin", "bytes=1000000-")]
+    assert dest.read_bytes() == BLOB and not part.exists()
+
+
+def test_one_call_resumes_by_itself(server, tmp_path):
+    server.files["/blob.bin"] = BLOB
+    server.drop_after["/blob.bin"] = 700_000
+    download(server.url + "blob.bin", tmp_path / "blob.bin", progress=False)
+    assert [r for _, r in server.requests] == [None, "bytes=700000-"]
+    assert (tmp_path / "blob.bin").read_bytes() == BLOB
+
+
+def test_server_ignoring_range_restarts_the_file(server, tmp_path):
+    server.files["/blob.bin"] = BLOB
+    server.ignore_range = True
+    (tmp_path / "blob.bin.part").write_bytes(b"stale bytes from another file")
+    download(server.url + "blob.bin", tmp_path / "blob.bin", progress=False)
+    assert server.requests == [("/blob.bin", "bytes=29-")]  # asked to resume, got 200: whole file
+    assert (tmp_path / "blob.bin").read_bytes() == BLOB
+
+
+def test_part_as_long_as_the_file_starts_afresh(server, tmp_path):
+    server.files["/blob.bin"] = BLOB
+    (tmp_path / "blob.bin.part").write_bytes(BLOB + b"extra")  # server answers 416
+    download(server.url + "blob.bin", tmp_path / "blob.bin", progress=False)
+    assert [r for _, r in server.requests] == [f"bytes={len(BLOB) + 5}-", None]
+    assert (tmp_path / "blob.bin").read_bytes() == BLOB
+
+
+def test_redirect_keeps_the_range_header(server, tmp_path):
+    server.files["/cdn/blob.bin"] = BLOB
+    server.redirects["/repo/resolve/main/blob.bin"] = "/cdn/blob.bin"
+    (tmp_path / "blob.bin.part").write_bytes(BLOB[:1234])
+    download(server.url + "repo/resolve/main/blob.bin", tmp_path / "blob.bin", progress=False)
+    assert server.requests[-1] == ("/cdn/blob.bin", "bytes=1234-")
+    assert (tmp_path / "blob.bin").read_bytes() == BLOB
+
+
+def test_http_error_and_offline_fail_at_once(server, dead_url, tmp_path):
+    with pytest.raises(DownloadError, match=r"HTTP 404"):
+        download(server.url + "missing.bin", tmp_path / "missing.bin", progress=False)
+    with pytest.raises(DownloadError, match=r"cannot download http://127\.0\.0\.1:\d+/x\.bin: .*refused"):
+        download(dead_url + "x.bin", tmp_path / "x.bin", progress=False)
+    assert len(server.requests) == 1 and files_under(tmp_path) == []
+
+
+# --- SQuAD ------------------------------------------------------------------------------------
+
+def squad_bytes(questions, version="v2.0"):
+    qas = [{"id": f"q{i}", "question": "Where is Paris?", "is_impossible": False,
+            "answers": [{"text": "France", "answer_start": 12}]} for i in range(questions)]
+    data = [{"title": "Paris", "paragraphs": [{"context": "Paris is in France.", "qas": qas}]}]
+    return json.dumps({"version": version, "data": data}).encode()
+
+
+def test_ensure_squad_downloads_validates_and_reuses(server, tmp_path):
+    server.files["/train-v2.0.json"] = squad_bytes(3)
+    path = ensure_squad("train", tmp_path / "data", base_url=server.url, expected_questions=3, progress=False)
+    assert path == tmp_path / "data" / "train-v2.0.json"
+    assert path.read_bytes() == server.files["/train-v2.0.json"]
+    assert ensure_squad("train", tmp_path / "data", base_url=server.url, expected_questions=3) == path
+    assert len(server.requests) == 1  # the second call found the file
+
+
+@pytest.mark.parametrize("body, message", [
+    (squad_bytes(2), r"2 questions, the official file has 3"),
+    (squad_bytes(3, version="1.1"), r"'version' is '1\.1', expected 'v2\.0'"),
+    (b"<html>moved</html>", r"not a JSON file"),
+    (json.dumps({"version": "v2.0", "data": [{"title": "x"}]}).encode(), r"not in SQuAD format"),
+])
+def test_ensure_squad_rejects_a_file_that_is_not_the_official_one(server, tmp_path, body, message):
+    server.files["/dev-v2.0.json"] = body
+    with pytest.raises(DownloadError, match=message):
+        ensure_squad("dev", tmp_path, base_url=server.url, expected_questions=3, progress=False)
+    assert files_under(tmp_path) == []  # nothing left that a later run could take for the real file
+
+
+def test_ensure_squad_checks_a_file_already_there(tmp_path):
+    (tmp_path / "dev-v2.0.json").write_bytes(squad_bytes(5))
+    with pytest.raises(DownloadError, match=r"5 questions, the official file has 11,873; delete"):
+        ensure_squad("dev", tmp_path)
+    with pytest.raises(ValueError, match="unknown SQuAD split 'test'"):
+        ensure_squad("test", tmp_path)
+
+
+def test_ensure_squad_offline_says_what_to_fetch_and_where(dead_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("MINISPAN_SQUAD_URL", dead_url)  # the environment variable, this time
+    with pytest.raises(DownloadError) as error:
+        ensure_squad("train", tmp_path)
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"Offline? Download {dead_url}train-v2.0.json and save it as {tmp_path / 'train-v2.0.json'}" in message
+
+
+# --- tarballs ---------------------------------------------------------------------------------
+
+def make_tar(path, members):
+    """members: (TarInfo, bytes or None)."""
+    with tarfile.open(path, "w:gz") as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+
+
+def regular(name, data=b"x"):
+    return tarfile.TarInfo(name), data
+
+
+def special(name, kind, target=""):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info, None
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (regular("../evil.txt"), "path leaves the extraction folder"),
+    (regular("model/../../evil.txt"), "path leaves the extraction folder"),
+    (regular("/tmp/evil.txt"), "absolute path"),
+    (special("model/link", tarfile.SYMTYPE, "../../evil.txt"), "links, devices"),
+    (special("model/hard", tarfile.LNKTYPE, "/etc/passwd"), "links, devices"),
+    (special("model/dev", tarfile.CHRTYPE), "links, devices"),
+    (special("model/fifo", tarfile.FIFOTYPE), "links, devices"),
+])
+def test_malicious_tarball_is_refused_before_anything_is_written(tmp_path, bad, reason):
+    archive = tmp_path / "release.tar.gz"
+    # A harmless member first: refusing must happen before it is written, too.
+    make_tar(archive, [regular("model/config.json", b"{}"), bad])
+    with pytest.raises(DownloadError, match=f"refusing member .*{reason}"):
+        extract_tarball(archive, tmp_path / "out")
+    assert files_under(tmp_path) == ["release.tar.gz"]
+
+
+def test_safe_tarball_is_extracted(tmp_path):
+    archive = tmp_path / "release.tar.gz"
+    info = tarfile.TarInfo("model")
+    info.type = tarfile.DIRTYPE
+    make_tar(archive, [(info, None), regular("model/config.json", b"{}"), regular("model/w.bin", BLOB)])
+    extract_tarball(archive, tmp_path / "out")
+    assert (tmp_path / "out" / "model" / "w.bin").read_bytes() == BLOB
+    (tmp_path / "broken.tar.gz").write_bytes(b"not a tarball")
+    with pytest.raises(DownloadError, match="not a readable tar archive"):
+        extract_tarball(tmp_path / "broken.tar.gz", tmp_path / "out2")
+
+
+# --- SpanBERT ---------------------------------------------------------------------------------
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "Paris", "is", "in", "France", "."]
+TINY = dict(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=37, max_position_embeddings=64)
+
+
+def spanbert_like_files():
+    """config.json, pytorch_model.bin and vocab.txt shaped like SpanBERT's 2019 release: legacy
+    (non-zip) torch.save, `bert.` keys with LayerNorm gamma/beta, pretraining heads under cls.*."""
+    torch.manual_seed(0)
+    encoder = {k: v for k, v in BertForQuestionAnswering(BertConfig(**TINY)).state_dict().items()
+               if not k.startswith("qa_outputs.")}
+    checkpoint = {re.sub(r"LayerNorm\.weight$", "LayerNorm.gamma", re.sub(r"LayerNorm\.bias$", "LayerNorm.beta", k)): v
+                  for k, v in encoder.items()}
+    checkpoint["cls.predictions.bias"] = torch.zeros(len(VOCAB))
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer, _use_new_zipfile_serialization=False)
+    config = json.dumps({**TINY, "hidden_act": "gelu", "type_vocab_size": 2}).encode()
+    return {"config.json": config, "pytorch_model.bin": buffer.getvalue(),
+            "vocab.txt": "\n".join(VOCAB).encode() + b"\n"}, encoder
+
+
+def serve_hub(server, files, name="spanbert-base-cased", vocab_repo="google-bert/bert-base-cased"):
+    for file in ("config.json", "pytorch_model.bin"):
+        server.files[f"/SpanBERT/{name}/resolve/main/{file}"] = files[file]
+    server.files[f"/{vocab_repo}/resolve/main/vocab.txt"] = files["vocab.txt"]
+
+
+def assert_model_dir(directory, files, encoder):
+    assert files_under(directory) == ["config.json", "pytorch_model.bin", "tokenizer_config.json", "vocab.txt"]
+    assert json.loads((directory / "tokenizer_config.json").read_text()) == {"do_lower_case": False}
+    assert (directory / "vocab.txt").read_bytes() == files["vocab.txt"]
+    # Cased: lower-casing would turn "Paris" into "paris", which is not in the vocabulary.
+    assert load_tokenizer(directory).tokenize("Paris is in France.") == ["Paris", "is", "in", "France", "."]
+    model = load_model(directory)
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in encoder.items())  # the very weights, not a fresh init
+
+
+def test_ensure_spanbert_from_the_hub(server, tmp_path):
+    files, encoder = spanbert_like_files()
+    serve_hub(server, files)
+    server.drop_after["/SpanBERT/spanbert-base-cased/resolve/main/pytorch_model.bin"] = 5000
+    target = ensure_spanbert("spanbert-base-cased", tmp_path, hub_url=server.url, tarball_url=server.url,
+                             progress=False)
+    assert target == tmp_path / "spanbert-base-cased"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spanbert-base-cased"]  # no staging left
+    assert_model_dir(target, files, encoder)
+    assert ("/SpanBERT/spanbert-base-cased/resolve/main/pytorch_model.bin", "bytes=5000-") in server.requests
+
+    count = len(server.requests)
+    assert ensure_spanbert("spanbert-base-cased", tmp_path, hub_url=server.url) == target
+    assert len(server.requests) == count  # already there: no request
+
+
+@pytest.mark.parametrize("folder", ["", "spanbert_hf/"])
+def test_ensure_spanbert_falls_back_to_the_release_tarball(server, tmp_path, folder):
+    files, encoder = spanbert_like_files()
+    archive = tmp_path / "spanbert_hf.tar.gz"
+    make_tar(archive, [regular(folder + "config.json", files["config.json"]),
+                       regular(folder + "pytorch_model.bin", files["pytorch_model.bin"])])
+    server.files["/fairseq/models/spanbert_hf.tar.gz"] = archive.read_bytes()
+    archive.unlink()
+    # The hub has the vocabulary but not the weights (404): the original release is used instead.
+    server.files["/google-bert/bert-large-cased/resolve/main/vocab.txt"] = files["vocab.txt"]
+    target = ensure_spanbert("spanbert-large-cased", tmp_path / "models", hub_url=server.url,
+                             tarball_url=server.url + "fairseq/models/", progress=False)
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["spanbert-large-cased"]
+    assert_model_dir(target, files, encoder)
+
+
+def test_ensure_spanbert_refuses_files_that_do_not_fit(server, tmp_path):
+    files, _ = spanbert_like_files()
+    serve_hub(server, {**files, "vocab.txt": files["vocab.txt"] + b"extra\n"})
+    with pytest.raises(DownloadError, match=r"vocab\.txt: 11 tokens, expected the config's vocab_size 10"):
+        ensure_spanbert("spanbert-base-cased", tmp_path, hub_url=server.url, progress=False)
+    assert not (tmp_path / "spanbert-base-cased").exists()
+
+    config = json.dumps({**TINY, "num_hidden_layers": 3}).encode()  # the checkpoint has 2 layers
+    serve_hub(server, {**files, "config.json": config})
+    with pytest.raises(DownloadError, match=r"the weights do not load .*missing keys bert\.encoder\.layer\.2"):
+        ensure_spanbert("spanbert-base-cased", tmp_path / "other", hub_url=server.url, progress=False)
+    assert not (tmp_path / "other" / "spanbert-base-cased").exists()
+
+
+def test_ensure_spanbert_offline_says_what_to_fetch_and_where(dead_url, tmp_path):
+    with pytest.raises(DownloadError) as error:
+        ensure_spanbert("spanbert-base-cased", tmp_path, hub_url=dead_url, tarball_url=dead_url, progress=False)
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"{dead_url}SpanBERT/spanbert-base-cased/resolve/main/" in message  # from where ...
+    assert f"{dead_url}spanbert_hf_base.tar.gz" in message
+    assert f"{dead_url}google-bert/bert-base-cased/resolve/main/vocab.txt" in message
+    assert f"in {tmp_path / 'spanbert-base-cased'}/" in message  # ... and where to put it
+    assert files_under(tmp_path) == []
+    with pytest.raises(ValueError, match="unknown model 'spanbert-huge'"):
+        ensure_spanbert("spanbert-huge", tmp_path)
+
+
+def test_model_dir_filled_by_hand_is_used_as_it_is(tmp_path):
+    files, _ = spanbert_like_files()
+    target = tmp_path / "spanbert-base-cased"
+    target.mkdir()
+    for name in ("config.json", "pytorch_model.bin"):
+        (target / name).write_bytes(files[name])
+    with pytest.raises(DownloadError, match="exists but lacks vocab.txt: complete it or delete it"):
+        ensure_spanbert("spanbert-base-cased", tmp_path)
+    (target / "vocab.txt").write_bytes(files["vocab.txt"])
+    assert ensure_spanbert("spanbert-base-cased", tmp_path) == target
+    assert json.loads((target / "tokenizer_config.json").read_text()) == {"do_lower_case": False}
+
+
+# --- command line -----------------------------------------------------------------------------
+
+def test_cli_downloads_spanbert(server, tmp_path, monkeypatch, capsys):
+    files, encoder = spanbert_like_files()
+    serve_hub(server, files)
+    monkeypatch.setenv("MINISPAN_HUB_URL", server.url)
+    assert main(["spanbert-base-cased", "--dest", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == f"{tmp_path / 'spanbert-base-cased'}\n"
+    assert_model_dir(tmp_path / "spanbert-base-cased", files, encoder)
+
+
+def test_cli_offline_is_one_line_and_exit_2(dead_url, tmp_path):
+    env = {**os.environ, "MINISPAN_SQUAD_URL": dead_url}
+    result = subprocess.run([sys.executable, "-m", "minispan.download", "squad", "--dest", str(tmp_path)],
+                            capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: cannot download ") and result.stderr.count("\n") == 1
+    assert f"save it as {tmp_path / 'train-v2.0.json'}" in result.stderr
+    assert files_under(tmp_path) == []
