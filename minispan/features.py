@@ -1,0 +1,217 @@
+"""Examples -> features: BERT's sliding windows over the context, then batches of padded tensors.
+
+A context can be longer than the model's input, so each question is paired with one or more *windows* of its
+context, exactly as in the original BERT / SpanBERT run_squad.py (which produced the published numbers):
+
+    [CLS] question (at most max_query_length tokens) [SEP] window of context tokens [SEP]
+
+A window holds at most `max_seq_length - len(question) - 3` context tokens. The first starts at the first
+context token, each next one starts `doc_stride` tokens after the previous one (the step, NOT the overlap),
+and the last one is the first window that reaches the end of the context.
+
+Windows overlap, so most tokens appear in two windows. Post-processing only lets an answer START at a token
+in the window where that token has the most context around it ("max context"), so each span is scored once.
+"""
+import random
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+
+@dataclass
+class Feature:
+    example_index: int  # which example (question) this window belongs to
+    input_ids: List[int]  # [CLS] question [SEP] window [SEP], unpadded
+    token_type_ids: List[int]  # 0 up to and including the first [SEP], 1 after
+    offsets: List[Optional[Tuple[int, int]]]  # character span in the context per token; None for question/special
+    token_is_max_context: List[bool]  # True where this window gives the token its most context
+    start_position: Optional[int] = None  # training target: answer's first token, 0 ([CLS]) when none
+    end_position: Optional[int] = None  # training target: answer's last token, 0 ([CLS]) when none
+    window_start: int = 0  # index of the window's first token among all the context's tokens
+
+
+def window_starts(num_tokens, max_window, doc_stride):
+    """Start positions of the windows over `num_tokens` context tokens (doc_stride is the step)."""
+    starts = [0]
+    while starts[-1] + max_window < num_tokens:
+        starts.append(starts[-1] + doc_stride)
+    return starts
+
+
+def max_context_masks(num_tokens, starts, max_window):
+    """For each window, a boolean array over its tokens: is this the window where the token has most context?
+
+    A token's score in a window is min(tokens left of it, tokens right of it) + 0.01 * window length; the
+    window with the highest score wins, the first one on ties. Computed for all windows at once.
+    """
+    lengths = np.minimum(max_window, num_tokens - np.asarray(starts))
+    position = np.arange(num_tokens)
+    scores = np.full((len(starts), num_tokens), -np.inf)
+    for k, (start, length) in enumerate(zip(starts, lengths)):
+        inside = position[start : start + length]
+        scores[k, start : start + length] = (
+            np.minimum(inside - start, start + length - 1 - inside) + 0.01 * length
+        )
+    best = scores.argmax(axis=0)  # argmax picks the first window on ties, as the original's strict ">" does
+    return [best[start : start + length] == k for k, (start, length) in enumerate(zip(starts, lengths))]
+
+
+def answer_token_span(token_starts, token_ends, answer_start, answer_end):
+    """Token span [first, last] of the characters [answer_start, answer_end) in the context.
+
+    first = the first token ending after the answer's first character (the token containing it);
+    last = the last token starting before the answer's end (the token containing its last character).
+    Tokens are in text order, so both are binary searches.
+    """
+    first = int(np.searchsorted(token_ends, answer_start, side="right"))
+    last = int(np.searchsorted(token_starts, answer_end, side="left")) - 1
+    return first, last
+
+
+def build_features(
+    examples,
+    tokenizer,
+    max_seq_length=384,
+    doc_stride=128,
+    max_query_length=64,
+    training=False,
+    progress=False,
+):
+    """Turn examples into features (one per window). In training, each feature gets start/end targets.
+
+    In training, an example whose first answer is not found at its `start` in the context is skipped (it
+    gets no features), as in the original: its target would be wrong.
+    """
+    if max_query_length < 1 or doc_stride < 1:
+        raise ValueError(f"max_query_length and doc_stride must be >= 1, got {max_query_length} and {doc_stride}")
+
+    # About five questions share each paragraph: tokenize every distinct context once.
+    context_index = {}
+    for example in examples:
+        context_index.setdefault(example.context, len(context_index))
+    contexts = tokenizer.encode_batch(list(context_index))
+    questions = tokenizer.encode_batch([example.question for example in examples])
+    token_bounds = {}  # context index -> (start chars, end chars) of its tokens, for training targets
+    windows = {}  # (context index, max window) -> (starts, max-context masks): shared by equal-length questions
+
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    features = []
+    for example_index, example in enumerate(tqdm(examples, desc="features", disable=not progress)):
+        c = context_index[example.context]
+        context = contexts[c]
+        question_ids = questions[example_index].ids[:max_query_length]
+        max_window = max_seq_length - len(question_ids) - 3
+        if max_window < doc_stride:
+            raise ValueError(
+                f"max_seq_length={max_seq_length} leaves {max_window} context tokens per window after the "
+                f"{len(question_ids)}-token question of example {example_index}, fewer than doc_stride={doc_stride}: "
+                "windows would skip tokens"
+            )
+        if (c, max_window) not in windows:
+            starts = window_starts(len(context.ids), max_window, doc_stride)
+            windows[c, max_window] = starts, max_context_masks(len(context.ids), starts, max_window)
+        starts, masks = windows[c, max_window]
+
+        answer_span = None  # (first, last) context token of the answer, in training
+        if training and not example.is_impossible:
+            if c not in token_bounds:
+                token_bounds[c] = np.array([s for s, _ in context.offsets]), np.array([e for _, e in context.offsets])
+            answer_span = answer_tokens(example, example_index, *token_bounds[c])
+            if answer_span is None:
+                continue
+        prefix = [cls] + question_ids + [sep]
+        for start, is_max_context in zip(starts, masks):
+            end = start + len(is_max_context)
+            feature = Feature(
+                example_index=example_index,
+                input_ids=prefix + context.ids[start:end] + [sep],
+                token_type_ids=[0] * len(prefix) + [1] * (end - start + 1),
+                offsets=[None] * len(prefix) + context.offsets[start:end] + [None],
+                token_is_max_context=[False] * len(prefix) + is_max_context.tolist() + [False],
+                window_start=start,
+            )
+            if training:
+                feature.start_position = feature.end_position = 0  # [CLS]: no answer in this window
+                if answer_span and start <= answer_span[0] and answer_span[1] < end:  # wholly inside
+                    feature.start_position = answer_span[0] - start + len(prefix)
+                    feature.end_position = answer_span[1] - start + len(prefix)
+            features.append(feature)
+    return features
+
+
+def answer_tokens(example, example_index, token_starts, token_ends):
+    """The first answer's (first, last) token in the context; None when the annotation does not match the text."""
+    if not example.answers:
+        raise ValueError(f"example {example_index} ({example.id!r}): answerable but has no answers")
+    answer = example.answers[0]
+    answer_end = answer.start + len(answer.text)
+    if example.context[answer.start : answer_end] != answer.text or not answer.text.strip():
+        return None
+    first, last = answer_token_span(token_starts, token_ends, answer.start, answer_end)
+    return (first, last) if first <= last else None
+
+
+def batch_indices(lengths, batch_size, shuffle=False, seed=0, group_by_length=True):
+    """Split feature indices into batches. Returns a list of lists of indices.
+
+    Padding costs compute, so batches are built from features of similar length:
+    - shuffle=False (prediction): longest first, then chunks (group_by_length=False: the given order);
+    - shuffle=True (training): shuffle, cut into mega-batches of 50 batches, sort each by length, chunk,
+      and shuffle the order of the batches: random, but each batch has little padding.
+    The same seed gives the same batches.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = list(range(len(lengths)))
+    rng = random.Random(seed)
+    if shuffle:
+        rng.shuffle(order)
+    if group_by_length:
+        if shuffle:
+            mega = 50 * batch_size
+            order = [
+                i for m in range(0, len(order), mega) for i in sorted(order[m : m + mega], key=lambda i: -lengths[i])
+            ]
+        else:
+            order.sort(key=lambda i: -lengths[i])  # stable: equal lengths keep their order
+    batches = [order[b : b + batch_size] for b in range(0, len(order), batch_size)]
+    if shuffle and group_by_length:
+        rng.shuffle(batches)
+    return batches
+
+
+def make_batch(features, pad_token_id=0, training=False, pin_memory=False):
+    """Pad a list of features to the longest one and stack them into LongTensors [batch, length].
+
+    With pin_memory (and CUDA present) the tensors live in page-locked memory, so that
+    `.to(device, non_blocking=True)` overlaps the copy with the GPU's work.
+    """
+    if not features:
+        raise ValueError("make_batch: no features")
+    length = max(len(f.input_ids) for f in features)
+    input_ids = np.full((len(features), length), pad_token_id, dtype=np.int64)
+    token_type_ids = np.zeros((len(features), length), dtype=np.int64)
+    attention_mask = np.zeros((len(features), length), dtype=np.int64)
+    for row, f in enumerate(features):
+        n = len(f.input_ids)
+        input_ids[row, :n] = f.input_ids
+        token_type_ids[row, :n] = f.token_type_ids
+        attention_mask[row, :n] = 1
+    batch = {
+        "input_ids": torch.from_numpy(input_ids),
+        "token_type_ids": torch.from_numpy(token_type_ids),
+        "attention_mask": torch.from_numpy(attention_mask),
+    }
+    if training:
+        if any(f.start_position is None or f.end_position is None for f in features):
+            raise ValueError(
+                "make_batch(training=True): a feature has no start/end position (built with training=False?)"
+            )
+        batch["start_positions"] = torch.tensor([f.start_position for f in features], dtype=torch.long)
+        batch["end_positions"] = torch.tensor([f.end_position for f in features], dtype=torch.long)
+    if pin_memory and torch.cuda.is_available():
+        batch = {name: tensor.pin_memory() for name, tensor in batch.items()}
+    return batch

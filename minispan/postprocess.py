@@ -1,0 +1,146 @@
+"""Logits -> answers: the best span per question, its no-answer odds, and an n-best list.
+
+For every window (feature) of a question, the model scores each token as the answer's start and as its end.
+A span's score is start logit + end logit. SQuAD 2.0 adds the null answer, scored at [CLS] (position 0):
+null score = start_logits[0] + end_logits[0], the smallest over the question's windows (the original's choice).
+
+    null_odds = null score - best span score;   predict "" when null_odds > null_score_diff_threshold
+
+`null_odds` is what the evaluation's --na-prob-file takes: it lets the metrics pick the best threshold.
+"""
+import numpy as np
+
+from minispan.files import write_json
+
+# When no window has a valid span at all, the question can only be unanswerable: give it odds above any real one.
+NO_SPAN_NULL_ODDS = 1e9
+
+
+def as_numpy(logits):
+    if hasattr(logits, "detach"):  # a torch tensor
+        logits = logits.detach().float().cpu().numpy()
+    return np.asarray(logits, dtype=np.float64)
+
+
+def feature_candidates(feature, start_logits, end_logits, n_best_size, max_answer_length):
+    """Valid spans among the n_best_size best starts x n_best_size best ends of one feature.
+
+    Returns arrays (starts, ends, scores). Valid: both ends in the context, end >= start, at most
+    max_answer_length tokens, and the start token is max-context in this window (so overlapping windows
+    do not score the same span twice). Computed as an n x n matrix, not a double loop.
+    """
+    in_context = np.array([o is not None for o in feature.offsets])
+    max_context = np.asarray(feature.token_is_max_context, dtype=bool)
+    # Best first; a stable sort keeps the lower index first among equal logits, as the original's sort does.
+    top_starts = np.argsort(-start_logits, kind="stable")[:n_best_size]
+    top_ends = np.argsort(-end_logits, kind="stable")[:n_best_size]
+    starts, ends = top_starts[:, None], top_ends[None, :]
+    valid = (
+        (in_context[starts] & max_context[starts])
+        & in_context[ends]
+        & (ends >= starts)
+        & (ends - starts + 1 <= max_answer_length)
+    )
+    rows, cols = np.nonzero(valid)
+    s, e = top_starts[rows], top_ends[cols]
+    return s, e, start_logits[s] + end_logits[e]
+
+
+def softmax(scores):
+    scores = np.asarray(scores, dtype=np.float64)
+    exp = np.exp(scores - scores.max())
+    return exp / exp.sum()
+
+
+def postprocess(
+    examples,
+    features,
+    start_logits,
+    end_logits,
+    n_best_size=20,
+    max_answer_length=30,
+    null_score_diff_threshold=0.0,
+):
+    """Returns (predictions, null_odds, nbest), dicts keyed by question id.
+
+    start_logits / end_logits: one 1-D array (or tensor) per feature, in `features` order, of that feature's
+    length. nbest[qid] lists up to n_best_size distinct answers, best first, with the null answer "" always
+    included, each with `probability` (softmax over the listed scores), `start_logit`, `end_logit`, and for
+    spans the character offsets `start`, `end` in the context.
+    """
+    if not (len(features) == len(start_logits) == len(end_logits)):
+        raise ValueError(
+            f"postprocess: {len(features)} features but {len(start_logits)} start and {len(end_logits)} end logits"
+        )
+    by_example = [[] for _ in examples]
+    for i, feature in enumerate(features):
+        by_example[feature.example_index].append(i)
+
+    predictions, null_odds, nbest = {}, {}, {}
+    for example, feature_ids in zip(examples, by_example):
+        null = None  # (score, start logit, end logit) of the lowest-scoring [CLS] over the windows
+        spans = []  # (score, start logit, end logit, char start, char end) of the valid spans
+        for i in feature_ids:
+            feature = features[i]
+            s_logits, e_logits = as_numpy(start_logits[i]), as_numpy(end_logits[i])
+            if len(s_logits) != len(feature.input_ids) or len(e_logits) != len(feature.input_ids):
+                raise ValueError(
+                    f"postprocess: feature {i} has {len(feature.input_ids)} tokens but "
+                    f"{len(s_logits)} start / {len(e_logits)} end logits (pass them unpadded)"
+                )
+            feature_null = s_logits[0] + e_logits[0]
+            if null is None or feature_null < null[0]:
+                null = (feature_null, s_logits[0], e_logits[0])
+            for s, e, score in zip(*feature_candidates(feature, s_logits, e_logits, n_best_size, max_answer_length)):
+                spans.append((score, s_logits[s], e_logits[e], feature.offsets[s][0], feature.offsets[e][1]))
+
+        # Candidates best first, the null answer among them; the same text from different spans or windows is
+        # listed once, with its best score. The null answer is always listed, even when it ranks lower.
+        candidates = []
+        for score, s_logit, e_logit, char_start, char_end in spans:
+            text = example.context[char_start:char_end]
+            candidates.append(
+                {"text": text, "score": score, "start_logit": s_logit, "end_logit": e_logit,
+                 "start": int(char_start), "end": int(char_end)}
+            )
+        null_entry = {"text": "", "score": null[0], "start_logit": null[1], "end_logit": null[2]} if null else None
+        if null_entry:
+            candidates.append(null_entry)
+        candidates.sort(key=lambda c: -c["score"])  # stable: a span beats the null answer on a tie, as in the original
+        entries, seen = [], set()
+        for candidate in candidates:
+            if len(entries) == n_best_size:
+                break
+            if candidate["text"] not in seen:
+                seen.add(candidate["text"])
+                entries.append(candidate)
+        if null_entry and "" not in seen:
+            entries.append(null_entry)
+
+        best_span = next((entry for entry in entries if entry["text"]), None)
+        if best_span is None:  # no valid span in any window (or no window): nothing to answer with
+            odds = NO_SPAN_NULL_ODDS
+        else:
+            odds = float(null[0] - best_span["score"])
+        null_odds[example.id] = odds
+        predictions[example.id] = best_span["text"] if best_span and odds <= null_score_diff_threshold else ""
+        probabilities = softmax([entry["score"] for entry in entries]) if entries else []
+        nbest[example.id] = [
+            {
+                "text": entry["text"],
+                "probability": float(p),
+                "start_logit": float(entry["start_logit"]),
+                "end_logit": float(entry["end_logit"]),
+                **({"start": entry["start"], "end": entry["end"]} if "start" in entry else {}),
+            }
+            for entry, p in zip(entries, probabilities)
+        ]
+    return predictions, null_odds, nbest
+
+
+def write_predictions(output_dir, predictions, null_odds, nbest=None):
+    """Write predictions.json, null_odds.json (for --na-prob-file) and nbest_predictions.json, atomically."""
+    write_json(f"{output_dir}/predictions.json", predictions)
+    write_json(f"{output_dir}/null_odds.json", null_odds)
+    if nbest is not None:
+        write_json(f"{output_dir}/nbest_predictions.json", nbest)

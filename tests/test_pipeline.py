@@ -1,0 +1,186 @@
+"""minispan.pipeline and `python -m minispan.answer`, against transformers 4.46's question-answering pipeline."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from minispan import BertConfig, BertForQuestionAnswering, save_model
+from minispan.answer import main as answer_main
+from minispan.features import build_features, make_batch
+from minispan.pipeline import pipeline
+from minispan.squad import Example
+from minispan.tokenizer import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def minilm_qa_dir(minilm_dir, tmp_path_factory):
+    """Real MiniLM weights plus a random span head, saved by transformers: one checkpoint for both pipelines.
+
+    The head's weights are N(0, 0.5) rather than BERT's N(0, 0.02), so that span scores are spread out and
+    their order is decided by the model, not by rounding.
+    """
+    transformers = pytest.importorskip("transformers", reason="transformers 4.46 is the test oracle")
+    directory = tmp_path_factory.mktemp("minilm_qa")
+    torch.manual_seed(0)
+    model = transformers.BertForQuestionAnswering.from_pretrained(str(minilm_dir))
+    with torch.no_grad():
+        model.qa_outputs.weight.normal_(0, 0.5)
+    model.save_pretrained(str(directory), safe_serialization=True)
+    for name in ("vocab.txt", "tokenizer_config.json"):
+        shutil.copy(minilm_dir / name, directory / name)
+    return directory
+
+
+OPTIONS = [
+    {},
+    {"top_k": 5},
+    {"handle_impossible_answer": True},
+    {"handle_impossible_answer": True, "top_k": 20},
+    {"max_answer_len": 3, "top_k": 3},
+    {"max_seq_len": 48, "doc_stride": 16, "top_k": 4},  # more, smaller windows
+    {"align_to_words": False, "top_k": 5},
+    {"max_question_len": 32},  # longer than the question: no truncation, as in transformers' fast path
+]
+
+
+def as_list(result):
+    return result if isinstance(result, list) else [result]
+
+
+def compare(ours, theirs, question, context, **options):
+    """Both pipelines on one input: answer, start and end equal, scores within 1e-3 relative."""
+    expected = as_list(theirs(question=question, context=context, **options))
+    got = as_list(ours(question=question, context=context, **options))
+    assert [(a["answer"], a["start"], a["end"]) for a in got] == [(a["answer"], a["start"], a["end"]) for a in expected]
+    for a, b in zip(got, expected):
+        assert a["score"] == pytest.approx(b["score"], rel=1e-3)
+        is_null = (a["answer"], a["start"], a["end"]) == ("", 0, 0)
+        assert a["answer"] == context[a["start"] : a["end"]] or is_null
+    return max(abs(a["score"] - b["score"]) / b["score"] for a, b in zip(got, expected)), got
+
+
+def test_matches_transformers_pipeline_on_real_text(minilm_qa_dir, dev_half_path):
+    """Real weights, real text: a one-window context and a three-window one (about 750 tokens).
+    Measured: all equal, max relative score difference 1.3e-5 (float32 model outputs in both)."""
+    transformers = pytest.importorskip("transformers", reason="transformers 4.46 is the test oracle")
+    theirs = transformers.pipeline("question-answering", model=str(minilm_qa_dir), tokenizer=str(minilm_qa_dir))
+    ours = pipeline(minilm_qa_dir)
+    paragraphs = json.loads(dev_half_path.read_text(encoding="utf-8"))["data"][0]["paragraphs"]
+    long_context = " ".join(p["context"] for p in paragraphs[:4])
+    for question, context in [(paragraphs[0]["qas"][0]["question"], paragraphs[0]["context"]),
+                              (paragraphs[1]["qas"][0]["question"], long_context)]:
+        compare(ours, theirs, question, context, top_k=5, handle_impossible_answer=True)
+    assert len(ours.tokenizer.encode(long_context).ids) > 2 * 384 - 128
+
+
+# ---- a tiny model we make ourselves: input handling and the command line ----------------------------------------
+
+WORDS = ["ann", "met", "bob", "in", "paris", "who", "where", "did", "?", ".", "the", "city", "of", "light"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny")
+    (directory / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + WORDS) + "\n")
+    (directory / "tokenizer_config.json").write_text('{"do_lower_case": true}')
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=4 + len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    model = BertForQuestionAnswering(config).eval()
+    # A spread-out span head (scores decided by the model, not by rounding), pointed partly from the context
+    # tokens' hidden states towards [CLS]'s, so that the null answer wins some of the time.
+    example = Example("x", "", "Who did Ann meet?", "Ann met Bob in Paris.")
+    features = build_features([example], load_tokenizer(directory))
+    batch = make_batch(features)
+    with torch.no_grad():
+        hidden = model.bert(**batch)[0]
+        toward_cls = hidden[0] - hidden[batch["token_type_ids"][0] == 1].mean(0)
+        model.qa_outputs.weight.normal_(0, 1.0)
+        model.qa_outputs.weight += 1.5 * toward_cls / toward_cls.norm()
+    save_model(model, directory)
+    return directory
+
+
+CONTEXT = "Ann met Bob in Paris, the city of light. " * 6  # 66 tokens: two windows at max_seq_len 64
+QUESTIONS = ["Who did Ann meet?", "Where did Ann meet Bob?", "Who?", "What is the city of light?"]
+
+
+def test_matches_transformers_pipeline(tiny_dir):
+    """Each option, short (one window) and long (two to four windows) contexts, on a tiny random model that
+    both pipelines load from the same directory. Measured: all equal, max relative score difference 4.5e-6."""
+    transformers = pytest.importorskip("transformers", reason="transformers 4.46 is the test oracle")
+    theirs = transformers.pipeline("question-answering", model=str(tiny_dir), tokenizer=str(tiny_dir))
+    ours = pipeline(tiny_dir)
+    worst, null_won = 0.0, False
+    for question in QUESTIONS:
+        for context in ["Ann met Bob in Paris.", CONTEXT]:
+            for options in OPTIONS:
+                options = {"max_seq_len": 64, **options}  # the tiny model has 64 positions
+                difference, answers = compare(ours, theirs, question, context, **options)
+                worst = max(worst, difference)
+                null_won |= answers[0]["answer"] == ""
+    assert null_won  # handle_impossible_answer's null answer really won sometimes
+    assert worst < 1e-3
+
+
+def test_answers_are_spans_of_the_context(tiny_dir):
+    qa = pipeline(tiny_dir)
+    answer = qa(question="Who did Ann meet?", context=CONTEXT)
+    assert set(answer) == {"score", "start", "end", "answer"}
+    assert answer["answer"] == CONTEXT[answer["start"] : answer["end"]] and 0 < answer["score"] <= 1
+    answers = qa(question="Where?", context=CONTEXT, top_k=3, handle_impossible_answer=True)
+    assert len(answers) == 3 and [a["score"] for a in answers] == sorted((a["score"] for a in answers), reverse=True)
+    assert load_tokenizer(tiny_dir).lowercase
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda qa: qa(question="", context=CONTEXT), "input 0: question is empty"),
+        (lambda qa: qa(question="Who?", context="  \n"), "input 0: context is empty"),
+        (lambda qa: qa(question="Who?", context=3), "input 0: context must be a string, got int"),
+        (lambda qa: qa(question=["Who?", "Who?"], context=["Ann.", "\x00"]), "input 1: context has no tokens"),
+        (lambda qa: qa([{"question": "Who?", "context": "Ann."}, {"question": "Who?"}]), "input 1: expected a dict"),
+        (lambda qa: qa({"question": "Who?", "context": "Ann."}, question="Who?"), "not both"),
+        (lambda qa: qa(question=["Who?", "Where?"], context=["Ann."]), "2 questions but 1 contexts"),
+        (lambda qa: qa(), r"expected qa\(\{'question'"),
+        (lambda qa: qa(question="Who?", context="Ann.", top_k=0), "top_k must be a positive integer"),
+        (lambda qa: qa(question="Who?", context="Ann.", doc_stride=60), "not more than the doc_stride=60 overlap"),
+        (lambda qa: qa(question="Who?", context="Ann.", max_seq_len=512), "exceeds the model's 64 positions"),
+    ],
+)
+def test_bad_input_is_a_clear_error(tiny_dir, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(pipeline(tiny_dir))
+
+
+def test_model_dir_without_vocabulary(tiny_dir, tmp_path):
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_dir / name, tmp_path / name)
+    with pytest.raises(FileNotFoundError, match="no vocabulary"):
+        pipeline(tmp_path)
+
+
+def test_answer_command_line(tiny_dir, tmp_path, capsys):
+    assert answer_main(["--model", str(tiny_dir), "--question", "Who did Ann meet?", "--context", CONTEXT]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == pipeline(tiny_dir)(question="Who did Ann meet?", context=CONTEXT)
+    (tmp_path / "context.txt").write_text(CONTEXT, encoding="utf-8")
+    args = ["--model", str(tiny_dir), "--question", "Who?", "--context-file", str(tmp_path / "context.txt")]
+    args += ["--top-k", "2"]
+    assert answer_main(args) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+
+    assert answer_main(["--model", str(tmp_path / "missing"), "--question", "Who?", "--context", "Ann."]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    assert answer_main(["--model", str(tiny_dir), "--question", " ", "--context", "Ann."]) == 2
+    assert capsys.readouterr().err.strip() == "error: input 0: question is empty"
+    # The module runs as `python -m minispan.answer`; a bad input is one line on stderr, exit status 2.
+    result = subprocess.run(
+        [sys.executable, "-m", "minispan.answer", "--model", str(tiny_dir), "--question", "Who?", "--context-file",
+         str(tmp_path / "nothing.txt")], capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "nothing.txt" in result.stderr

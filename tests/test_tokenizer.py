@@ -1,0 +1,111 @@
+"""load_tokenizer: BERT WordPiece ids and character offsets, checked against transformers' slow BertTokenizer."""
+import json
+import unicodedata
+
+import pytest
+
+from minispan.tokenizer import load_tokenizer
+
+TRICKY = [
+    "Héllo, WORLD! It's 1990s-era naïve café — ok?",
+    "Ünïcödé àccents and ÅNGSTRÖM",
+    "中文字符 mixed with English",
+    "tabs\tand\nnew lines\r\nand\u00a0nbsp and \u202f narrow",
+    "control\x00chars\ufffd and \x07 bell",
+    "unbelievably supercalifragilisticexpialidocious " + "x" * 120,
+    "",
+    "   ",
+]
+
+
+def write_vocab(directory, tokens, config=None):
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.txt").write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+    if config is not None:
+        (directory / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return directory
+
+
+SMALL_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+SMALL_VOCAB += ["hello", "Hello", "world", "##s", "cafe", "café", ",", "!"]
+
+
+def test_ids_match_slow_bert_tokenizer_on_real_text(dev_half_path, minilm_dir):
+    transformers = pytest.importorskip("transformers", reason="transformers 4.46 is the test oracle")
+    slow = transformers.BertTokenizer.from_pretrained(str(minilm_dir))
+    ours = load_tokenizer(minilm_dir)
+    assert ours.lowercase and ours.strip_accents  # from tokenizer_config.json: do_lower_case true
+    data = json.loads(dev_half_path.read_text(encoding="utf-8"))["data"][:2]
+    texts = [p["context"] for a in data for p in a["paragraphs"]]
+    texts += [q["question"] for a in data for p in a["paragraphs"] for q in p["qas"]]
+    texts += TRICKY
+    encodings = ours.encode_batch(texts)
+    # Measured: all 633 real texts + the tricky ones identical (and all 6,724 texts of the dev half).
+    for text, encoding in zip(texts, encodings):
+        assert encoding.ids == slow.encode(text, add_special_tokens=False), text
+    cased = load_tokenizer(minilm_dir / "vocab.txt", lowercase=False)  # no lower-casing, no accent stripping
+    slow_cased = transformers.BertTokenizer(str(minilm_dir / "vocab.txt"), do_lower_case=False)
+    for text in TRICKY:
+        assert cased.encode(text).ids == slow_cased.encode(text, add_special_tokens=False), text
+
+
+def test_offsets_point_into_the_original_text(minilm_dir):
+    tokenizer = load_tokenizer(minilm_dir)
+    for text in TRICKY:
+        encoding = tokenizer.encode(text)
+        previous_end = 0
+        for token, (start, end) in zip(encoding.tokens, encoding.offsets):
+            assert previous_end <= start < end <= len(text)
+            previous_end = end
+            if token == "[UNK]":
+                continue
+            # Undo what the normaliser did to the original characters: lower-case and strip accents.
+            original = "".join(
+                c for c in unicodedata.normalize("NFD", text[start:end].lower()) if unicodedata.category(c) != "Mn"
+            )
+            assert original == token.removeprefix("##"), (text, token, text[start:end])
+
+
+def test_lowercase_comes_from_tokenizer_config(tmp_path):
+    cased = load_tokenizer(write_vocab(tmp_path / "cased", SMALL_VOCAB))  # no config: cased, like SpanBERT
+    assert not cased.lowercase and not cased.strip_accents
+    assert cased.encode("Hello hello café").tokens == ["Hello", "hello", "café"]
+    uncased = load_tokenizer(write_vocab(tmp_path / "uncased", SMALL_VOCAB, {"do_lower_case": True}))
+    assert uncased.lowercase and uncased.strip_accents  # BERT strips accents when lower-casing
+    assert uncased.encode("Hello HELLO Café").tokens == ["hello", "hello", "cafe"]
+    assert uncased.encode("Café").offsets == [(0, 4)]  # offsets are into the original, accented text
+    keep_accents = load_tokenizer(
+        write_vocab(tmp_path / "keep", SMALL_VOCAB, {"do_lower_case": True, "strip_accents": False})
+    )
+    assert keep_accents.encode("Café").tokens == ["café"]
+    assert load_tokenizer(tmp_path / "uncased", lowercase=False).encode("Hello").tokens == ["Hello"]
+    assert cased.encode("worlds, unknown!").tokens == ["world", "##s", ",", "[UNK]", "!"]
+
+
+def test_special_ids_and_save_round_trip(tmp_path):
+    tokenizer = load_tokenizer(write_vocab(tmp_path / "a", SMALL_VOCAB, {"do_lower_case": True}))
+    special = (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id)
+    assert special == (0, 1, 2, 3)
+    assert tokenizer.vocab_size == len(SMALL_VOCAB)
+    tokenizer.save(tmp_path / "b")
+    assert (tmp_path / "b" / "vocab.txt").read_text(encoding="utf-8").splitlines() == SMALL_VOCAB
+    assert json.loads((tmp_path / "b" / "tokenizer_config.json").read_text())["do_lower_case"] is True
+    again = load_tokenizer(tmp_path / "b")
+    assert again.encode("Hello Café, worlds!").ids == tokenizer.encode("Hello Café, worlds!").ids
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["tokenizer_config.json", "vocab.txt"]  # no temp files
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="vocab.txt"):
+        load_tokenizer(tmp_path)
+    with pytest.raises(ValueError, match=r"missing special token\(s\) \[CLS\], \[SEP\]"):
+        load_tokenizer(write_vocab(tmp_path / "nospecial", ["[PAD]", "[UNK]", "hello"]))
+    bad = write_vocab(tmp_path / "badjson", SMALL_VOCAB)
+    (bad / "tokenizer_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="tokenizer_config.json: not valid JSON"):
+        load_tokenizer(bad)
+    with pytest.raises(ValueError, match="do_lower_case must be true or false"):
+        load_tokenizer(write_vocab(tmp_path / "badflag", SMALL_VOCAB, {"do_lower_case": "yes"}))
+    tokenizer = load_tokenizer(write_vocab(tmp_path / "ok", SMALL_VOCAB))
+    with pytest.raises(TypeError, match="text 1 is int, expected str"):
+        tokenizer.encode_batch(["fine", 3])
