@@ -1,0 +1,186 @@
+"""train.py end to end, in subprocesses: the demo, kill -9 + --resume, torchrun with 2 processes, bad input.
+
+Every run is the demo's tiny random BERT (2 layers, hidden 64) on data/sample.json for a few epochs, on the
+CPU in fp32, with one thread per process so the runs stay fast on a shared 2-core machine.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from minispan.training import main
+from minispan.weights import load_state_dict_file
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+OFFICIAL_KEYS = ["exact", "f1", "total", "HasAns_exact", "HasAns_f1", "HasAns_total", "NoAns_exact", "NoAns_f1",
+                 "NoAns_total", "best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh"]
+
+
+def train_py(*args, check=True, **kwargs):
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), *map(str, args)], env=ENV, cwd=REPO,
+                            capture_output=True, text=True, timeout=300, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py {' '.join(map(str, args))} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture
+def one_thread():
+    """In-process runs (no interpreter start-up to pay) with one thread, like the subprocesses."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_main(*args):
+    assert main([*map(str, args)]) == 0
+
+
+def weights(directory):
+    return load_state_dict_file(Path(directory) / "model.safetensors")
+
+
+def test_demo_writes_a_loadable_model_and_the_official_metrics(tmp_path, sample_path, one_thread):
+    out = tmp_path / "demo"
+    result = train_py("--demo", "--epochs", "4", "--save-every", "10", "--log-every", "5", "--output-dir", out)
+    for name in ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json", "predictions.json",
+                 "null_odds.json", "eval_results.json", "run_config.json", "log.jsonl"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "eval_results.json").read_text())
+    assert list(metrics) == OFFICIAL_KEYS
+    assert json.loads(result.stdout[:result.stdout.rindex("}") + 1]) == metrics  # printed too
+    questions = json.loads((out / "predictions.json").read_text())
+    assert metrics["total"] == len(questions) == 45
+    assert set(json.loads((out / "null_odds.json").read_text())) == set(questions)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [5, 10, 15, 20, 24]  # 45 features / batch 8 = 6 steps x 4 epochs
+    assert log[-1]["loss"] < log[0]["loss"] and log[-1]["lr"] == 0.0
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-24"]  # the newest only
+
+    # The output dir is a model directory: the pipeline loads it and answers from the context.
+    from minispan import pipeline, read_squad
+
+    example = read_squad(sample_path)[0]
+    answer = pipeline(out)(question=example.question, context=example.context)
+    assert example.context[answer["start"]:answer["end"]] == answer["answer"] != ""
+
+    # Re-running the demo replaces the demo; anything else there is refused (see test_bad_input).
+    run_main("--demo", "--epochs", "1", "--save-every", "0", "--output-dir", out)
+    assert not (out / "checkpoints").exists()
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
+    flags = ["--demo", "--epochs", "8", "--log-every", "4"]  # 48 steps
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    train_py(*flags, "--save-every", "0", "--output-dir", whole)  # a fresh process, like the others
+
+    process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *flags, "--save-every", "3",
+                                "--output-dir", str(killed)], env=ENV, cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step-6").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL  # killed mid-run, not finished
+    assert not (killed / "model.safetensors").exists()
+
+    result = train_py("--resume", killed)
+    assert "resuming from" in result.stderr
+    for name, tensor in weights(whole).items():
+        assert torch.equal(tensor, weights(killed)[name]), name  # bit for bit
+    assert (whole / "predictions.json").read_text() == (killed / "predictions.json").read_text()
+
+    bad = train_py("--resume", killed, "--lr", "1", check=False)
+    assert bad.returncode == 2 and "remove --lr" in bad.stderr
+
+
+# Parameters whose true gradient is exactly 0, because softmax ignores a constant added to all its inputs:
+# qa_outputs.bias and the last LayerNorm's bias (it only feeds qa_outputs) shift all start (or end) logits,
+# an attention key bias shifts all of one query's scores. Their gradients are float rounding noise, which
+# Adam divides by its own size into steps of ~lr in a random direction (qa_outputs.bias ends 4.6e-3
+# apart here); they change no output.
+def loss_free(name):
+    return name in ("qa_outputs.bias", "bert.encoder.layer.1.output.LayerNorm.bias") or name.endswith("key.bias")
+
+
+def test_torchrun_two_processes_equal_one(tmp_path, one_thread):
+    """Global batches of 4: 1 process x 4, 1 process x 4 micro-batches of 1 (gradient accumulation),
+    2 processes (gloo) x 2 micro-batches of 1. 45 features make each epoch's last batch a single feature,
+    so one process has none and joins with a weight-0 batch. Dropout is 0 in the demo: only float rounding
+    differs."""
+    flags = ["--demo", "--epochs", "2", "--batch-size", "4", "--save-every", "0"]
+    one, accumulated, two = tmp_path / "one", tmp_path / "accumulated", tmp_path / "two"
+    run_main(*flags, "--output-dir", one)
+    run_main(*flags, "--output-dir", accumulated, "--per-device-batch-size", "1")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(REPO / "train.py"), *flags, "--per-device-batch-size", "1", "--output-dir", str(two)],
+                            env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es) x 1 features per micro-batch" in result.stderr
+    assert "24 steps of 4 features" in result.stderr
+    reference = weights(one)
+    null_odds = json.loads((one / "null_odds.json").read_text())
+    for other in (accumulated, two):
+        worst = max((reference[name] - tensor).abs().max().item() for name, tensor in weights(other).items()
+                    if not loss_free(name))
+        assert worst < 1e-5, (other.name, worst)  # measured after 24 steps: 2.0e-6 and 9.4e-7
+        assert (other / "predictions.json").read_text() == (one / "predictions.json").read_text()
+        other_odds = json.loads((other / "null_odds.json").read_text())
+        assert max(abs(null_odds[q] - other_odds[q]) for q in null_odds) < 1e-5  # measured 6.6e-7 and 4.2e-7
+
+
+def sample_variant(tmp_path, sample_path, name, change):
+    data = json.loads(Path(sample_path).read_text())
+    change(data)
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_bad_input_is_one_clear_line_and_overwrites_nothing(tmp_path, sample_path, capsys):
+    def fails(*args, expect):
+        assert main([*map(str, args)]) == 2
+        err = capsys.readouterr().err
+        assert expect in err and err.startswith("error: ") and "Traceback" not in err, err
+
+    def unanswerable(data):
+        for article in data["data"]:
+            for paragraph in article["paragraphs"]:
+                paragraph["qas"] = [dict(q, answers=[], is_impossible=True) for q in paragraph["qas"]]
+
+    no_answers = sample_variant(tmp_path, sample_path, "no_answers.json", unanswerable)
+    out = tmp_path / "out"
+    fails("--demo", "--train-file", no_answers, "--output-dir", out, expect="no answerable questions")
+    not_squad = tmp_path / "not_squad.json"
+    not_squad.write_text(json.dumps({"rows": [1, 2, 3]}))
+    fails("--demo", "--dev-file", not_squad, "--output-dir", out, expect=str(not_squad))
+    fails("--model", "spanbert-huge", "--train-file", sample_path, "--dev-file", sample_path, "--output-dir", out,
+          expect="--model spanbert-huge: not a directory, and not a known model")
+    fails("--demo", "--model", "x", expect="takes no --model")
+    fails("--demo", "--batch-size", "0", expect="--batch-size must be > 0")
+    fails("--demo", "--batch-size", "8", "--per-device-batch-size", "3", expect="must be a multiple")
+    fails("--resume", tmp_path, expect="no run_config.json")
+    assert not out.exists()  # nothing was written by any of them
+
+    # An output dir holding another run (not a demo) is left alone.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "run_config.json").write_text('{"args": {"demo": false}}')
+    (other / "model.safetensors").write_bytes(b"precious")
+    fails("--demo", "--output-dir", other, expect="holds another run (run_config.json, model.safetensors)")
+    assert (other / "model.safetensors").read_bytes() == b"precious"
+
+    if not torch.cuda.is_available():
+        result = train_py("--demo", "--device", "cuda", "--output-dir", out, check=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines() == ["error: --device cuda: no CUDA GPU is available to this "
+                                                      f"torch ({torch.__version__}); use --device cpu"]
+        assert not out.exists()

@@ -1,0 +1,220 @@
+"""The training loop's pieces: optimizer step vs transformers, accumulation, sharding, schedule, checkpoints."""
+import pytest
+import torch
+
+from minispan.config import BertConfig
+from minispan.model import BertForQuestionAnswering
+from minispan.training import (TrainingError, accumulate_gradients, latest_checkpoint, linear_warmup_decay,
+                               load_trainer_state, make_optimizer, micro_batches, optimizer_step, param_groups,
+                               resolve_device, resolve_precision, save_checkpoint, set_dropout, train_step,
+                               training_batch)
+from minispan.weights import load_model, save_model
+
+CPU = torch.device("cpu")
+TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return BertForQuestionAnswering(BertConfig(**TINY))
+
+
+def tiny_batch(n=6, length=24, seed=1):
+    """A padded training batch: rows of different lengths, targets inside each row (some at [CLS])."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(8, length + 1, (n,), generator=g)
+    lengths[0] = length
+    input_ids = torch.randint(5, TINY["vocab_size"], (n, length), generator=g)
+    attention_mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
+    input_ids = input_ids * attention_mask  # [PAD] = 0
+    token_type_ids = (torch.arange(length)[None, :] >= 4).long() * attention_mask
+    start = torch.stack([torch.randint(0, int(k), (), generator=g) for k in lengths])
+    end = torch.minimum(start + torch.randint(0, 3, (n,), generator=g), lengths - 1)
+    start[1] = end[1] = 0  # an unanswerable one
+    return dict(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask,
+                start_positions=start, end_positions=end)
+
+
+def rows(batch, index):
+    return {name: t[index] for name, t in batch.items()}
+
+
+def no_scaler():
+    return torch.amp.GradScaler("cpu", enabled=False)
+
+
+def test_optimizer_steps_match_transformers(tmp_path):
+    """Five steps against transformers' BertForQuestionAnswering + torch AdamW with the usual name-based
+    decay groups + get_linear_schedule_with_warmup: loss, every gradient, gradient norm, learning rate and
+    every parameter after each step.
+
+    Before each step the oracle takes our gradients (after checking them against its own): a few
+    parameters have a true gradient of exactly 0 (qa_outputs.bias: the softmax's gradient sums to 0 over
+    the positions), so their gradients are float rounding noise, which Adam divides by its own size into
+    updates of ~lr. Without the copy the largest parameter difference is 4e-5 to 1.6e-4 (steps 1-4), on
+    qa_outputs.bias only; with it the parameters are bit-identical.
+    """
+    transformers = pytest.importorskip("transformers", reason="transformers is the test oracle")
+    ours = tiny_model()
+    save_model(ours, tmp_path)
+    theirs = transformers.BertForQuestionAnswering.from_pretrained(tmp_path, attn_implementation="eager")
+    names = dict(theirs.named_parameters())
+
+    # transformers' recipe groups by name: no decay for biases and LayerNorm weights; we go by shape.
+    no_decay = {n for n in names if n.endswith("bias") or "LayerNorm.weight" in n}
+    ours_names = {id(p): n for n, p in ours.named_parameters()}
+    assert {ours_names[id(p)] for p in param_groups(ours, 0.01)[1]["params"]} == no_decay
+    optimizer = make_optimizer(ours, lr=1e-3, weight_decay=0.01, device=CPU)
+    scheduler = linear_warmup_decay(optimizer, warmup_steps=2, total_steps=5)
+    their_optimizer = torch.optim.AdamW(
+        [{"params": [p for n, p in names.items() if n not in no_decay], "weight_decay": 0.01},
+         {"params": [p for n, p in names.items() if n in no_decay], "weight_decay": 0.0}], lr=1e-3)
+    their_scheduler = transformers.get_linear_schedule_with_warmup(their_optimizer, 2, 5)
+
+    ours_params = dict(ours.named_parameters())
+    for step in range(5):
+        batch = tiny_batch(seed=step)
+        loss_sum = accumulate_gradients(ours, [(batch, 1.0)], no_scaler(), CPU, "fp32")
+        theirs.train()
+        loss = theirs(**batch).loss
+        loss.backward()
+        assert abs(loss_sum.item() / 6 - loss.item()) < 1e-5  # measured <= 6.4e-7
+        worst_grad = max((ours_params[n].grad - p.grad).abs().max().item() for n, p in names.items())
+        assert worst_grad < 1e-5  # measured <= 1.5e-7
+        for n, p in names.items():
+            p.grad = ours_params[n].grad.clone()
+
+        grad_norm = optimizer_step(ours, optimizer, scheduler, no_scaler(), max_grad_norm=1.0)
+        their_norm = torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
+        their_optimizer.step()
+        their_scheduler.step()
+        their_optimizer.zero_grad()
+
+        assert grad_norm.item() > 1.0  # so the clipping was exercised
+        assert abs(grad_norm.item() - their_norm.item()) < 1e-5  # measured 0
+        assert scheduler.get_last_lr() == their_scheduler.get_last_lr()
+        worst = max((ours_params[n] - p).abs().max().item() for n, p in names.items())
+        assert worst < 1e-5, (step, worst)  # measured 0 after each of the 5 steps
+
+
+def test_schedule_is_linear_warmup_then_decay():
+    transformers = pytest.importorskip("transformers", reason="transformers is the test oracle")
+    p = torch.nn.Parameter(torch.zeros(1))
+    ours = linear_warmup_decay(torch.optim.AdamW([p], lr=2e-5), warmup_steps=3, total_steps=10)
+    oracle_optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=2e-5)
+    theirs = transformers.get_linear_schedule_with_warmup(oracle_optimizer, 3, 10)
+    lrs, expected = [], []
+    for _ in range(12):
+        lrs.append(ours.get_last_lr()[0])
+        expected.append(theirs.get_last_lr()[0])
+        ours.optimizer.step(), ours.step(), oracle_optimizer.step(), theirs.step()
+    assert lrs == expected
+    assert lrs[:4] == pytest.approx([0.0, 2e-5 / 3, 2 * 2e-5 / 3, 2e-5]) and lrs[10:] == [0.0, 0.0]
+
+
+def test_micro_batches_shard_a_global_batch():
+    batch = list(range(7))
+    # 2 processes, micro-batches of 2: process 0 takes 0, 2, 4, 6; process 1 takes 1, 3, 5.
+    assert micro_batches(batch, 0, 2, 2) == [([0, 2], 4 / 7), ([4, 6], 4 / 7)]
+    assert micro_batches(batch, 1, 2, 2) == [([1, 3], 4 / 7), ([5], 2 / 7)]
+    # Every feature of the global batch is run once, by one process, and counts 1/7 in the gradient: its
+    # micro-batch's mean loss is weighted w = n * P / 7, and DDP divides the sum over processes by P.
+    for world in (1, 2, 3, 4, 7, 9):
+        for per_device in (1, 2, 3):
+            shares = [share for r in range(world) for share in micro_batches(batch, r, world, per_device)]
+            assert sorted(i for ix, w in shares if w for i in ix) == batch
+            assert all(w / (len(ix) * world) == pytest.approx(1 / 7) for ix, w in shares if w)
+    # A process left with nothing still runs a batch, weighted 0, so it joins the all-reduce.
+    assert micro_batches([0], 1, 2, 2) == [([0], 0.0)]
+
+
+def test_accumulated_micro_batches_equal_one_batch():
+    """Gradient accumulation: 3 micro-batches of 2 (weights 2/6) give the gradient of one batch of 6, when
+    every micro-batch is padded to the global batch's width (see training_batch). (Gradients, not updated
+    weights: Adam's first step is lr * sign(gradient), and qa_outputs.bias's true gradient is 0, so its
+    rounding noise decides the sign.)"""
+    whole, split = tiny_model(), tiny_model()
+    batch = tiny_batch()
+    losses = [accumulate_gradients(model, [(rows(batch, torch.tensor(ix)), w) for ix, w in parts],
+                                   no_scaler(), CPU, "fp32")
+              for model, parts in ((whole, [(list(range(6)), 1.0)]), (split, micro_batches(list(range(6)), 0, 1, 2)))]
+    assert len(micro_batches(list(range(6)), 0, 1, 2)) == 3
+    assert abs(losses[0].item() - losses[1].item()) < 1e-5  # measured 0
+    worst = max((a.grad - b.grad).abs().max().item() for a, b in zip(whole.parameters(), split.parameters()))
+    assert worst < 1e-6  # measured 1.5e-7: the same gradient up to float summation order
+
+
+def test_training_batch_pads_to_the_global_width():
+    """Padding enters the span loss (its softmax covers every position), hence the common width."""
+    from minispan.features import Feature
+
+    features = [Feature(0, [2, 7, 3, 8, 9, 3], [0, 0, 0, 1, 1, 1], [None] * 6, [False] * 6, 3, 4),
+                Feature(1, [2, 7, 3, 8, 3], [0, 0, 0, 1, 1], [None] * 5, [False] * 5, 0, 0)]
+    batch = training_batch(features[1:], 8, pad_token_id=0, device=CPU)
+    assert batch["input_ids"].tolist() == [[2, 7, 3, 8, 3, 0, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 0, 0, 0]]
+    assert batch["token_type_ids"].tolist() == [[0, 0, 0, 1, 1, 0, 0, 0]]
+    assert batch["start_positions"].tolist() == [0]
+    model = tiny_model()
+    narrow = model(**training_batch(features[1:], 5, 0, CPU)).loss
+    assert abs(model(**batch).loss.item() - narrow.item()) > 1e-3  # why the width must not vary
+
+
+def test_device_and_precision_resolution():
+    assert resolve_device("cpu") == CPU
+    assert resolve_precision(None, CPU) == "fp32"
+    assert resolve_precision("bf16", CPU) == "bf16"
+    with pytest.raises(TrainingError, match="fp16 needs a CUDA GPU"):
+        resolve_precision("fp16", CPU)
+    with pytest.raises(TrainingError, match="expected auto, cpu, cuda or cuda:N"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == CPU
+        with pytest.raises(TrainingError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+def test_checkpoint_round_trip(tmp_path):
+    """save_checkpoint + load_model/load_trainer_state restore the model, AdamW, schedule and RNG exactly
+    (read back with torch.load(weights_only=True)); unfinished temporary directories are never picked."""
+    model = tiny_model()
+    optimizer = make_optimizer(model, 1e-3, 0.01, CPU)
+    scheduler = linear_warmup_decay(optimizer, 2, 10)
+    for step in range(3):
+        train_step(model, [(tiny_batch(seed=step), 1.0)], optimizer, scheduler, no_scaler(), CPU, "fp32", 1.0)
+    (tmp_path / "checkpoints" / ".step-9.abc").mkdir(parents=True)  # a crash mid-save leaves such a thing
+    save_checkpoint(tmp_path, 2, model, optimizer, scheduler, no_scaler(), CPU, world_size=1, rank=0)
+    save_checkpoint(tmp_path, 3, model, optimizer, scheduler, no_scaler(), CPU, world_size=1, rank=0)
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step-3"
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-3"]  # older ones removed
+    expected_rng = torch.get_rng_state()
+    torch.manual_seed(123)
+
+    restored = load_model(tmp_path / "checkpoints" / "step-3")
+    restored_optimizer = make_optimizer(restored, 1e-3, 0.01, CPU)
+    restored_scheduler = linear_warmup_decay(restored_optimizer, 2, 10)
+    step = load_trainer_state(tmp_path / "checkpoints" / "step-3", restored_optimizer, restored_scheduler,
+                              no_scaler(), CPU, rank=0, world_size=1)
+    assert step == 3 and torch.equal(torch.get_rng_state(), expected_rng)
+    assert restored_scheduler.get_last_lr() == scheduler.get_last_lr()
+    # The next step is identical, bit for bit.
+    for m, o, s in ((model, optimizer, scheduler), (restored, restored_optimizer, restored_scheduler)):
+        train_step(m, [(tiny_batch(seed=9), 1.0)], o, s, no_scaler(), CPU, "fp32", 1.0)
+    for (name, a), b in zip(model.state_dict().items(), restored.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_dropout_override():
+    model = BertForQuestionAnswering(BertConfig(**{**TINY, "hidden_dropout_prob": 0.1,
+                                                   "attention_probs_dropout_prob": 0.1}))
+    batch = tiny_batch()
+    model.train()
+    torch.manual_seed(0)
+    a = model(**batch).start_logits
+    torch.manual_seed(1)
+    assert not torch.equal(a, model(**batch).start_logits)  # dropout on: two draws differ
+    set_dropout(model, 0.0)
+    b = model(**batch).start_logits
+    model.eval()
+    assert torch.equal(b, model(**batch).start_logits)  # dropout 0 in training = eval mode
