@@ -1,8 +1,37 @@
 """minispan: SpanBERT fine-tuned on SQuAD 2.0, from scratch and readable.
 
 Data flows one way: JSON -> Example -> Feature -> padded batch -> (start_logits, end_logits)
--> predictions + null odds -> metrics.
+-> predictions + null odds -> metrics. Open the modules in that order:
+
+    squad.py -> tokenizer.py -> features.py -> model.py (config.py, weights.py) -> postprocess.py -> metrics.py
+    training.py ties them together for fine-tuning; pipeline.py for answering questions on raw text.
 """
+import importlib
+
 __version__ = "0.1.0"
 
-from minispan.squad import Answer, Example, read_squad
+# The public names and the module each lives in. They are imported on first use (PEP 562), so that
+# `python evaluate.py`, which needs only json and numpy, does not spend seconds importing torch.
+_EXPORTS = {
+    "Answer": "squad", "Example": "squad", "SquadFormatError": "squad", "read_squad": "squad",
+    "BertConfig": "config",
+    "BertModel": "model", "BertForQuestionAnswering": "model",
+    "load_model": "weights", "save_model": "weights",
+    "load_tokenizer": "tokenizer",
+    "Feature": "features", "build_features": "features",
+    "postprocess": "postprocess",
+    "pipeline": "pipeline",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'minispan' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"minispan.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,17 @@
+import subprocess
+import sys
+
+import minispan
+
+
+def test_public_api_names_resolve():
+    for name in minispan.__all__:
+        assert getattr(minispan, name) is not None
+    assert "load_model" in dir(minispan)
+
+
+def test_evaluation_does_not_import_torch():
+    # evaluate.py should start as fast as the official script: no torch import on its path.
+    code = "import sys, minispan, minispan.metrics; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
