@@ -4,7 +4,7 @@ Data flows one way: JSON -> Example -> Feature -> padded batch -> (start_logits,
 -> predictions + null odds -> metrics. Open the modules in that order:
 
     squad.py -> tokenizer.py -> features.py -> model.py (config.py, weights.py) -> postprocess.py -> metrics.py
-    training.py ties them together for fine-tuning; pipeline.py for answering questions on raw text.
+    training.py ties them together for fine-tuning; answer.py for answering questions on raw text.
 """
 import importlib
 
@@ -20,7 +20,7 @@ _EXPORTS = {
     "load_tokenizer": "tokenizer",
     "Feature": "features", "build_features": "features",
     "postprocess": "postprocess",
-    "pipeline": "pipeline",
+    "pipeline": "answer",
 }
 __all__ = list(_EXPORTS)
 

@@ -1,17 +1,247 @@
-"""Answer one question from the command line and print the answer as JSON.
+"""Question answering on raw text: minispan.pipeline, and its command line `python -m minispan.answer`.
+
+As on the SpanBERT model card:
+
+    qa = minispan.pipeline("models/spanbert-finetuned-squadv2")
+    qa({"question": "Who wrote it?", "context": "It was written by Ann."})
+    # {'score': 0.93, 'start': 18, 'end': 21, 'answer': 'Ann'}
+
+Answers, offsets and scores follow the transformers 4.x question-answering pipeline, so users of that card
+get the same output. Its conventions differ from the SQuAD evaluation path (features.py, postprocess.py):
+- doc_stride is the OVERLAP between windows (there it is the step);
+- a span's score is a probability: softmax over the window's start logits times softmax over its end
+  logits, with question and special tokens masked out ([CLS] stays in, it is the null answer);
+- every window proposes its own best spans (no max-context rule), and the best top_k over all windows win;
+- with align_to_words, the answer grows to whole words (a span ending on "1990" of "1990s" ends after "s");
+- the null answer "" (score: the smallest [CLS] probability over the windows) competes only when
+  handle_impossible_answer=True.
+
+The command line answers one question and prints the answer as JSON:
 
     python -m minispan.answer --model models/spanbert-finetuned-squadv2 \\
         --question "Who wrote it?" --context "It was written by Ann."
+
+(The module is not called pipeline.py because `import minispan.pipeline` would then replace the function
+minispan.pipeline with the module of the same name.)
 """
 import argparse
 import json
 import sys
+from collections import defaultdict
 
-from minispan.pipeline import pipeline
+import numpy as np
+import torch
+
+from minispan.features import build_features, make_batch
+from minispan.squad import Example
+from minispan.tokenizer import load_tokenizer
+from minispan.weights import load_model
+
+BATCH_SIZE = 32  # windows per forward pass, at most
+
+
+def softmax(logits):
+    exp = np.exp(logits - logits.max())
+    return exp / exp.sum()
+
+
+class QuestionAnsweringPipeline:
+    def __init__(self, model, tokenizer, device=None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device if device is None else torch.device(device)
+
+    def __call__(
+        self,
+        inputs=None,
+        *,
+        question=None,
+        context=None,
+        top_k=1,
+        handle_impossible_answer=False,
+        max_answer_len=15,
+        max_seq_len=None,
+        doc_stride=None,
+        max_question_len=None,
+        align_to_words=True,
+    ):
+        """qa({"question": q, "context": c}) or qa(question=q, context=c) -> {"score", "start", "end", "answer"}.
+
+        A list of questions (or of dicts) gives a list of results. With top_k > 1 a result is a list of up to
+        top_k answers, best first (a single dict when only one answer exists, as in transformers).
+        max_question_len truncates the question to that many tokens; by default it is not truncated, as in
+        transformers' pipeline with a fast tokenizer (which accepts max_question_len but ignores it).
+        """
+        examples, is_list = parse_inputs(inputs, question, context)
+        if max_seq_len is None:
+            max_seq_len = min(384, self.model.config.max_position_embeddings)
+        if doc_stride is None:
+            doc_stride = min(max_seq_len // 2, 128)
+        if max_question_len is None:
+            max_question_len = max_seq_len
+        for name, value in [("top_k", top_k), ("max_answer_len", max_answer_len), ("max_seq_len", max_seq_len),
+                            ("max_question_len", max_question_len)]:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(doc_stride, bool) or not isinstance(doc_stride, int) or doc_stride < 0:
+            raise ValueError(f"doc_stride must be a non-negative integer, got {doc_stride!r}")
+        if max_seq_len > self.model.config.max_position_embeddings:
+            positions = self.model.config.max_position_embeddings
+            raise ValueError(f"max_seq_len={max_seq_len} exceeds the model's {positions} positions")
+
+        features = []
+        for i, example in enumerate(examples):
+            question_length = min(len(self.tokenizer.encode(example.question).ids), max_question_len)
+            window = max_seq_len - question_length - 3  # room for context tokens next to [CLS] q [SEP] ... [SEP]
+            if window <= doc_stride:
+                raise ValueError(
+                    f"max_seq_len={max_seq_len} leaves {window} context tokens per window after the question, "
+                    f"not more than the doc_stride={doc_stride} overlap: use a larger max_seq_len or a smaller "
+                    "doc_stride"
+                )
+            # build_features' doc_stride is the step between windows: here, the window minus the overlap.
+            step = window - doc_stride
+            example_features = build_features([example], self.tokenizer, max_seq_len, step, max_question_len)
+            if all(o is None for o in example_features[0].offsets):
+                raise ValueError(f"input {i}: context has no tokens (only control characters?)")
+            for feature in example_features:
+                feature.example_index = i
+                features.append(feature)
+        start_logits, end_logits = self.logits(features)
+
+        answers = [[] for _ in examples]
+        null_scores = [None] * len(examples)
+        word_ids = [self.tokenizer.encode(example.context).word_ids for example in examples] if align_to_words else None
+        for feature, s, e in zip(features, start_logits, end_logits):
+            i = feature.example_index
+            spans, null = window_answers(feature, s, e, top_k, max_answer_len, word_ids[i] if word_ids else None)
+            answers[i] += [{"score": score, "start": start, "end": end, "answer": examples[i].context[start:end]}
+                           for score, start, end in spans]
+            null_scores[i] = null if null_scores[i] is None else min(null_scores[i], null)
+
+        results = []
+        for example_answers, null in zip(answers, null_scores):
+            if handle_impossible_answer:
+                example_answers.append({"score": null, "start": 0, "end": 0, "answer": ""})
+            example_answers = sorted(example_answers, key=lambda a: -a["score"])[:top_k]
+            results.append(example_answers[0] if len(example_answers) == 1 else example_answers)
+        return results if is_list else results[0]
+
+    @torch.inference_mode()
+    def logits(self, features):
+        """Run the model over all windows; unpadded float64 numpy start and end logits per window.
+
+        Windows of equal length share a batch, so there is no padding at all: a question's windows are all
+        full but the last, and a CPU spends no time on padding tokens.
+        """
+        start_logits, end_logits = [None] * len(features), [None] * len(features)
+        by_length = defaultdict(list)
+        for i, feature in enumerate(features):
+            by_length[len(feature.input_ids)].append(i)
+        for indices in by_length.values():
+            for b in range(0, len(indices), BATCH_SIZE):
+                chunk = indices[b : b + BATCH_SIZE]
+                batch = make_batch([features[i] for i in chunk], self.tokenizer.pad_token_id)
+                output = self.model(**{name: t.to(self.device) for name, t in batch.items()})
+                for row, i in enumerate(chunk):
+                    start_logits[i] = output.start_logits[row].double().cpu().numpy()
+                    end_logits[i] = output.end_logits[row].double().cpu().numpy()
+        return start_logits, end_logits
+
+
+def window_answers(feature, start_logits, end_logits, top_k, max_answer_len, word_ids=None):
+    """The top_k spans of one window as (score, char start, char end), best first, and its null score."""
+    in_context = np.array([o is not None for o in feature.offsets])
+    allowed = in_context.copy()
+    allowed[0] = True  # [CLS]: the null answer
+    p_start = softmax(np.where(allowed, start_logits, -np.inf))
+    p_end = softmax(np.where(allowed, end_logits, -np.inf))
+    null = float(p_start[0] * p_end[0])
+
+    # Score every span of context tokens at once: an outer product, keeping end >= start and
+    # at most max_answer_len tokens (a band of the upper triangle).
+    context = np.nonzero(in_context)[0]
+    if len(context) == 0:
+        return [], null
+    scores = np.triu(np.tril(np.outer(p_start[context], p_end[context]), max_answer_len - 1))
+    flat = scores.ravel()
+    k = min(top_k, flat.size)
+    best = np.argpartition(-flat, k - 1)[:k] if k < flat.size else np.arange(flat.size)
+    best = best[np.argsort(-flat[best], kind="stable")]
+    spans = []
+    for index in best:
+        i, j = np.unravel_index(index, scores.shape)
+        if j < i:  # only when fewer than top_k spans exist: the rest of the matrix is zeros below the diagonal
+            continue
+        first, last = context[i], context[j]
+        start, end = feature.offsets[first][0], feature.offsets[last][1]
+        if word_ids is not None:
+            start, end = word_bounds(feature, first, last, word_ids)
+        spans.append((float(flat[index]), int(start), int(end)))
+    return spans, null
+
+
+def word_bounds(feature, first, last, word_ids):
+    """Grow the token span [first, last] to whole words (within this window): (char start, char end)."""
+    def word(t):
+        return word_ids[feature.window_start + t - context_start]
+
+    context_start = next(t for t, o in enumerate(feature.offsets) if o is not None)
+    context_end = context_start + sum(o is not None for o in feature.offsets)  # one past the window's last token
+    while first > context_start and word(first - 1) == word(first):
+        first -= 1
+    while last + 1 < context_end and word(last + 1) == word(last):
+        last += 1
+    return feature.offsets[first][0], feature.offsets[last][1]
+
+
+def parse_inputs(inputs, question, context):
+    """Normalise the accepted call forms to (list of Examples, whether a list was given)."""
+    if inputs is not None:
+        if question is not None or context is not None:
+            raise ValueError("pass either a dict (or list of dicts) or question=/context=, not both")
+        is_list = isinstance(inputs, (list, tuple))
+        items = list(inputs) if is_list else [inputs]
+        for n, item in enumerate(items):
+            if not isinstance(item, dict) or "question" not in item or "context" not in item:
+                raise ValueError(
+                    f"input {n}: expected a dict with keys 'question' and 'context', got {type(item).__name__}"
+                )
+        pairs = [(item["question"], item["context"]) for item in items]
+    elif question is not None and context is not None:
+        is_list = isinstance(question, (list, tuple))
+        if is_list and isinstance(context, (list, tuple)):
+            if len(question) != len(context):
+                raise ValueError(f"{len(question)} questions but {len(context)} contexts")
+            pairs = list(zip(question, context))
+        elif is_list:  # many questions about one context
+            pairs = [(q, context) for q in question]
+        else:
+            pairs = [(question, context)]
+    else:
+        raise ValueError("expected qa({'question': ..., 'context': ...}) or qa(question=..., context=...)")
+    if not pairs:
+        raise ValueError("no questions given")
+    examples = []
+    for n, (q, c) in enumerate(pairs):
+        for name, value in [("question", q), ("context", c)]:
+            if not isinstance(value, str):
+                raise ValueError(f"input {n}: {name} must be a string, got {type(value).__name__}")
+            if not value.strip():
+                raise ValueError(f"input {n}: {name} is empty")
+        examples.append(Example(id=str(n), title="", question=q, context=c))
+    return examples, is_list
+
+
+def pipeline(model_dir, device=None):
+    """Load a fine-tuned model and its tokenizer from `model_dir`; returns a question-answering callable."""
+    tokenizer = load_tokenizer(model_dir)  # first: a missing vocabulary fails fast, before the weights load
+    model = load_model(model_dir, device=device)
+    return QuestionAnsweringPipeline(model, tokenizer, device=device)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m minispan.answer", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m minispan.answer", description="Answer one question from the command line and print the answer as JSON.")
     parser.add_argument("--model", required=True, help="directory with config.json, the weights and vocab.txt")
     parser.add_argument("--question", required=True)
     source = parser.add_mutually_exclusive_group(required=True)

@@ -10,6 +10,12 @@ def test_public_api_names_resolve():
     assert "load_model" in dir(minispan)
 
 
+def test_pipeline_stays_the_function_after_its_module_is_imported():
+    code = "import minispan.answer, minispan; print(callable(minispan.pipeline) and minispan.pipeline.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "pipeline"
+
+
 def test_evaluation_does_not_import_torch():
     # evaluate.py should start as fast as the official script: no torch import on its path.
     code = "import sys, minispan, minispan.metrics; print('torch' in sys.modules)"

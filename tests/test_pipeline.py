@@ -10,7 +10,7 @@ import torch
 from minispan import BertConfig, BertForQuestionAnswering, save_model
 from minispan.answer import main as answer_main
 from minispan.features import build_features, make_batch
-from minispan.pipeline import pipeline
+from minispan.answer import pipeline
 from minispan.squad import Example
 from minispan.tokenizer import load_tokenizer
 
