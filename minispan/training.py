@@ -25,8 +25,10 @@ Only rank 0 writes files. Outputs in --output-dir:
     checkpoints/step-N/                  model + trainer_state.pt (optimizer, schedule, scaler, RNG, position)
     config.json model.safetensors        the fine-tuned model (load_model, pipeline, transformers)
     vocab.txt tokenizer_config.json      its tokenizer
-    predictions.json null_odds.json      dev predictions; null odds = what --na-prob-file takes
-    eval_results.json                    the official SQuAD v2 metrics, best_* from the null odds
+    predictions.json null_odds.json      dev predictions (cut at null odds 0); null odds = what --na-prob-file takes
+    span_predictions.json                every question's best span, before the cut
+    eval_results.json                    the official SQuAD v2 metrics of span_predictions.json with the null
+                                         odds at threshold 0: raw = predictions.json's, best_* over all thresholds
 """
 import argparse
 import contextlib
@@ -79,7 +81,8 @@ RESUMABLE = {"device", "precision", "compile", "per_device_batch_size", "save_ev
 
 # Files a run writes in --output-dir: another run's are never overwritten without --overwrite.
 RUN_FILES = ("run_config.json", "log.jsonl", "checkpoints", "config.json", "model.safetensors", "vocab.txt",
-             "tokenizer_config.json", "predictions.json", "null_odds.json", "eval_results.json")
+             "tokenizer_config.json", "predictions.json", "null_odds.json", "span_predictions.json",
+             "eval_results.json")
 
 
 class TrainingError(ValueError):
@@ -582,11 +585,17 @@ def evaluate(model, tokenizer, examples, data, args, device, precision, output_d
                               progress=progress)
     start_logits, end_logits = predict(model, features, device, precision, pad_token_id=tokenizer.pad_token_id,
                                        progress=progress)
-    predictions, null_odds, _ = postprocess(examples, features, start_logits, end_logits)
-    # As the model card's numbers: raw EM/F1 from predictions cut at null odds 0, best_* from the odds.
-    metrics = squad_v2_metrics(data, predictions, na_probs=null_odds)
+    predictions, null_odds, nbest = postprocess(examples, features, start_logits, end_logits)
+    # We score every question's best span with its null odds, cut by the metrics at threshold 0. The raw
+    # EM/F1 are exactly those of predictions.json (already cut at 0), and the best_* search can also try
+    # thresholds above 0, where predictions.json has already answered "" (SpanBERT scored the same way).
+    best_spans = {qid: next((entry["text"] for entry in entries if entry["text"]), "")
+                  for qid, entries in nbest.items()}
+    metrics = squad_v2_metrics(data, best_spans, na_probs=null_odds, na_prob_thresh=0.0)
     if output_dir is not None:
         write_predictions(output_dir, predictions, null_odds)
+        # evaluate.py span_predictions.json DEV -n null_odds.json -t 0 gives eval_results.json again.
+        write_json(Path(output_dir) / "span_predictions.json", best_spans)
         write_json(Path(output_dir) / "eval_results.json", metrics)
     return metrics
 

@@ -3,6 +3,8 @@
 Every run is the demo's tiny random BERT (2 layers, hidden 64) on data/sample.json for a few epochs, on the
 CPU in fp32, with one thread per process so the runs stay fast on a shared 2-core machine.
 """
+import contextlib
+import io
 import json
 import os
 import signal
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from minispan.metrics import main as evaluate_main
 from minispan.training import main
 from minispan.weights import load_state_dict_file
 
@@ -52,7 +55,7 @@ def test_demo_writes_a_loadable_model_and_the_official_metrics(tmp_path, sample_
     out = tmp_path / "demo"
     result = train_py("--demo", "--epochs", "4", "--save-every", "10", "--log-every", "5", "--output-dir", out)
     for name in ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json", "predictions.json",
-                 "null_odds.json", "eval_results.json", "run_config.json", "log.jsonl"):
+                 "null_odds.json", "span_predictions.json", "eval_results.json", "run_config.json", "log.jsonl"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "eval_results.json").read_text())
     assert list(metrics) == OFFICIAL_KEYS
@@ -64,6 +67,19 @@ def test_demo_writes_a_loadable_model_and_the_official_metrics(tmp_path, sample_
     assert [r["step"] for r in log] == [5, 10, 15, 20, 24]  # 45 features / batch 8 = 6 steps x 4 epochs
     assert log[-1]["loss"] < log[0]["loss"] and log[-1]["lr"] == 0.0
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-24"]  # the newest only
+
+    # eval_results.json is evaluate.py on the best spans with the null odds at threshold 0; its raw numbers
+    # are those of predictions.json (already cut at 0), its best_* searched over every threshold.
+    def evaluate_py(predictions):
+        with contextlib.redirect_stdout(io.StringIO()) as stdout:
+            assert evaluate_main([str(predictions), str(sample_path), "-n", str(out / "null_odds.json"), "-t", "0"]) == 0
+        return json.loads(stdout.getvalue())
+
+    assert evaluate_py(out / "span_predictions.json") == metrics
+    cut = evaluate_py(out / "predictions.json")
+    raw = [key for key in OFFICIAL_KEYS if not key.startswith("best_")]
+    assert {key: cut[key] for key in raw} == {key: metrics[key] for key in raw}
+    assert metrics["best_f1"] >= cut["best_f1"]
 
     # The output dir is a model directory: the pipeline loads it and answers from the context.
     from minispan import pipeline, read_squad
