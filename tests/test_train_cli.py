@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from minispan.metrics import main as evaluate_main
@@ -32,15 +31,6 @@ def train_py(*args, check=True, **kwargs):
     if check and result.returncode != 0:
         raise AssertionError(f"train.py {' '.join(map(str, args))} failed:\n{result.stderr[-3000:]}")
     return result
-
-
-@pytest.fixture
-def one_thread():
-    """In-process runs (no interpreter start-up to pay) with one thread, like the subprocesses."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_main(*args):
