@@ -183,15 +183,20 @@ def batch_indices(lengths, batch_size, shuffle=False, seed=0, group_by_length=Tr
     return batches
 
 
-def make_batch(features, pad_token_id=0, training=False, pin_memory=False):
-    """Pad a list of features to the longest one and stack them into LongTensors [batch, length].
+def make_batch(features, pad_token_id=0, training=False, pin_memory=False, length=None):
+    """Pad a list of features to the longest one (or to `length`) and stack them into LongTensors
+    [batch, length].
 
     With pin_memory (and CUDA present) the tensors live in page-locked memory, so that
     `.to(device, non_blocking=True)` overlaps the copy with the GPU's work.
     """
     if not features:
         raise ValueError("make_batch: no features")
-    length = max(len(f.input_ids) for f in features)
+    longest = max(len(f.input_ids) for f in features)
+    if length is None:
+        length = longest
+    elif length < longest:
+        raise ValueError(f"make_batch: length={length} is shorter than the longest feature ({longest} tokens)")
     input_ids = np.full((len(features), length), pad_token_id, dtype=np.int64)
     token_type_ids = np.zeros((len(features), length), dtype=np.int64)
     attention_mask = np.zeros((len(features), length), dtype=np.int64)

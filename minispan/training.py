@@ -44,7 +44,6 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -367,14 +366,8 @@ def training_batch(features, length, pad_token_id, device):
     micro-batch to the same width makes the update independent of how the global batch is split over
     processes and micro-batches. Batches are grouped by length, so this costs little.
     """
-    batch = make_batch(features, pad_token_id, training=True)
-    extra = length - batch["input_ids"].shape[1]
-    if extra:
-        fill = {"input_ids": pad_token_id}  # token types and attention mask pad with 0
-        batch = {name: F.pad(t, (0, extra), value=fill.get(name, 0)) if t.dim() == 2 else t
-                 for name, t in batch.items()}
-    if device.type == "cuda":  # page-locked, so that the copy below overlaps the GPU's work
-        batch = {name: t.pin_memory() for name, t in batch.items()}
+    batch = make_batch(features, pad_token_id, training=True, length=length,
+                       pin_memory=device.type == "cuda")  # page-locked: the copy below overlaps the GPU's work
     return to_device(batch, device)
 
 

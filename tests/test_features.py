@@ -234,6 +234,11 @@ def test_make_batch_pads_to_the_longest_feature():
     assert batch["start_positions"].tolist() == [3, 0] and batch["end_positions"].tolist() == [3, 0]
     assert all(t.dtype == torch.long for t in batch.values())
     assert set(make_batch(features)) == {"input_ids", "token_type_ids", "attention_mask"}
+    wide = make_batch(features, pad_token_id=5, length=7)  # e.g. the widest feature of a global batch
+    assert wide["input_ids"].tolist() == [[2, 7, 3, 9, 3, 5, 5], [2, 7, 3, 5, 5, 5, 5]]
+    assert wide["attention_mask"].tolist() == [[1] * 5 + [0] * 2, [1] * 3 + [0] * 4]
+    with pytest.raises(ValueError, match="shorter than the longest"):
+        make_batch(features, length=4)
     features[1].start_position = None
     with pytest.raises(ValueError, match="no start/end position"):
         make_batch(features, training=True)
