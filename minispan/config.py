@@ -5,10 +5,9 @@ transformers carries many more keys (architectures, model_type, use_cache, ...);
 ones that shape the network and ignore the rest.
 """
 import dataclasses
-import json
 from dataclasses import dataclass
 
-from minispan.files import write_json
+from minispan.files import read_json_object, write_json
 
 
 class ConfigError(ValueError):
@@ -52,12 +51,9 @@ class BertConfig:
     def from_json(cls, path):
         """Read a config.json; extra keys are ignored, missing or mistyped fields are a ConfigError."""
         try:
-            with open(path, encoding="utf-8") as f:
-                raw = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+            raw = read_json_object(path)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         missing = [name for name in cls.REQUIRED if name not in raw]
         if missing:
             raise ConfigError(f"{path}: missing required field(s) {', '.join(missing)}")

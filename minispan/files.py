@@ -32,6 +32,18 @@ def atomic_write(path, mode="w", encoding="utf-8"):
         raise
 
 
+def read_json_object(path):
+    """Read a JSON file that must hold an object (a dict); a ValueError names the file otherwise."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def write_json(path, obj, indent=2):
     """Write `obj` as JSON, atomically."""
     with atomic_write(path) as f:

@@ -11,14 +11,13 @@ BERT tokenizes in three steps, which map one to one onto `tokenizers` components
   3. WordPiece: split each word greedily into the longest vocabulary pieces ("playing" -> "play", "##ing");
      a word with no such split, or longer than 100 characters, becomes [UNK].
 """
-import json
 from functools import cached_property
 from pathlib import Path
 from typing import List, Tuple
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
-from minispan.files import atomic_write, write_json
+from minispan.files import atomic_write, read_json_object, write_json
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 
@@ -131,13 +130,7 @@ def load_tokenizer(path, lowercase=None):
     config = {}
     config_file = vocab_file.parent / "tokenizer_config.json"
     if config_file.is_file():
-        try:
-            with open(config_file, encoding="utf-8") as f:
-                config = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{config_file}: not valid JSON ({e})") from None
-        if not isinstance(config, dict):
-            raise ValueError(f"{config_file}: expected a JSON object")
+        config = read_json_object(config_file)
     if lowercase is None:
         lowercase = config.get("do_lower_case", False)
     if not isinstance(lowercase, bool):

@@ -25,3 +25,20 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path):
             raise RuntimeError("crash mid-write")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_read_json_object_names_the_file(tmp_path):
+    from minispan.config import BertConfig, ConfigError
+    from minispan.files import read_json_object
+
+    good, broken, listed = tmp_path / "good.json", tmp_path / "broken.json", tmp_path / "list.json"
+    good.write_text('{"a": 1}')
+    broken.write_text('{"a": ')
+    listed.write_text("[1, 2]")
+    assert read_json_object(good) == {"a": 1}
+    with pytest.raises(ValueError, match=r"broken\.json: not valid JSON"):
+        read_json_object(broken)
+    with pytest.raises(ValueError, match=r"list\.json: expected a JSON object, got list"):
+        read_json_object(listed)
+    with pytest.raises(ConfigError, match=r"list\.json: expected a JSON object"):  # config.json errors stay ConfigErrors
+        BertConfig.from_json(listed)
