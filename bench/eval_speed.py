@@ -17,10 +17,10 @@ import random
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from minispan.metrics import squad_v2_metrics
+from timing import best_time  # bench/timing.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,14 +67,6 @@ def official_like_main(module, dataset, preds, probs):
     module.find_all_best_thresh(out, preds, exact_raw, f1_raw, probs, has_ans)
     return out
 
-
-def best_time(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        began = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - began)
-    return min(times), result
 
 
 def main():

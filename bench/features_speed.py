@@ -12,21 +12,13 @@ Prints seconds (best of --repeat) and the peer/minispan ratio (> 1: minispan is 
 """
 import argparse
 import importlib.util
-import time
 from pathlib import Path
 
 from minispan import build_features, load_tokenizer, read_squad
+from timing import best_time  # bench/timing.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def best_time(function, repeat):
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = function()
-        times.append(time.perf_counter() - start)
-    return min(times), result
 
 
 def main():
