@@ -50,7 +50,7 @@ from tqdm import tqdm
 from minispan.config import BertConfig
 from minispan.download import DownloadError
 from minispan.features import batch_indices, build_features, make_batch
-from minispan.files import atomic_write, write_json
+from minispan.files import atomic_write, read_json_object, write_json
 from minispan.model import BertForQuestionAnswering
 from minispan.squad import read_squad
 from minispan.tokenizer import WordPieceTokenizer, load_tokenizer
@@ -178,9 +178,8 @@ def read_run_config(output_dir):
     path = output_dir / "run_config.json"
     if not path.is_file():
         raise TrainingError(f"--resume {output_dir}: no run_config.json there (not a training run's output dir)")
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
-    if not isinstance(saved, dict) or not isinstance(saved.get("args"), dict):
+    saved = read_json_object(path)
+    if not isinstance(saved.get("args"), dict):
         raise TrainingError(f"{path}: expected an object with the run's 'args'")
     return saved["args"]
 

@@ -174,6 +174,10 @@ def test_bad_input_is_one_clear_line_and_overwrites_nothing(tmp_path, sample_pat
     fails("--demo", "--batch-size", "0", expect="--batch-size must be > 0")
     fails("--demo", "--batch-size", "8", "--per-device-batch-size", "3", expect="must be a multiple")
     fails("--resume", tmp_path, expect="no run_config.json")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "run_config.json").write_text('{"args": ')
+    fails("--resume", broken, expect=f"{broken / 'run_config.json'}: not valid JSON")
     assert not out.exists()  # nothing was written by any of them
 
     # An output dir holding another run (not a demo) is left alone.
