@@ -64,8 +64,8 @@ from minispan.model import BertForQuestionAnswering  # noqa: E402
 from minispan.postprocess import postprocess  # noqa: E402
 from minispan.squad import read_squad  # noqa: E402
 from minispan.tokenizer import load_tokenizer  # noqa: E402
-from minispan.training import (demo_tokenizer, linear_warmup_decay, make_optimizer, micro_batches,  # noqa: E402
-                               predict, resolve_precision, train_step, training_batch)
+from minispan.training import (compile_model, demo_tokenizer, linear_warmup_decay, make_optimizer,  # noqa: E402
+                               micro_batches, predict, resolve_precision, train_step, training_batch)
 
 SPANBERT_BASE = BertConfig()  # the defaults are SpanBERT-base's shape
 TINY = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
@@ -247,7 +247,7 @@ def make_step(model, features, pad_token_id, args, device, precision, pad_to=Non
     optimizer = make_optimizer(model, 2e-5, 0.01, device)
     scheduler = linear_warmup_decay(optimizer, math.ceil(0.1 * total_steps), total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    trained = torch.compile(model) if compile else model
+    trained = compile_model(model) if compile else model
     totals = torch.zeros(3, device=device)  # fit()'s running loss, features seen, non-finite steps
 
     def step(indices):

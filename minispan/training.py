@@ -122,7 +122,8 @@ def build_parser():
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto: cuda when available)")
     p.add_argument("--precision", choices=("bf16", "fp16", "fp32"),
                    help="default: bf16 where the GPU supports it, else fp16 with loss scaling; fp32 on CPU")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the model: one compile, tens of seconds, for every batch width")
     p.add_argument("--dropout", type=float, help="override both dropout rates (0 makes runs comparable)")
     p.add_argument("--demo", action="store_true", default=None,
                    help="offline, CPU, < 1 minute: a tiny random BERT learns data/sample.json")
@@ -274,8 +275,11 @@ def param_groups(model, weight_decay):
 
 
 def make_optimizer(model, lr, weight_decay, device):
-    # The fused CUDA kernel updates every parameter in one launch instead of a dozen per tensor.
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, fused=device.type == "cuda")
+    # The fused kernel (CUDA and CPU) updates every parameter in one launch instead of a dozen per tensor,
+    # and never reads a value back to the host: the unfused one reads each parameter's step count, which
+    # on a GPU would make the CPU wait for the GPU every step. It also takes the fp16 GradScaler's
+    # overflow check on the device (see tests/test_training.py: no host reads in a training step).
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, fused=device.type in ("cuda", "cpu"))
 
 
 def linear_warmup_decay(optimizer, warmup_steps, total_steps):
@@ -300,6 +304,16 @@ def set_dropout(model, p):
 
 # ---------------------------------------------------------------------------------------------
 # one optimizer step
+
+
+def compile_model(model, backend="inductor"):
+    """torch.compile for training: one compiled graph for every batch shape.
+
+    Batches are grouped by length, so their width changes from step to step (and the last one is smaller).
+    dynamic=True compiles once with the shapes as symbols; by default torch compiles for the first shape,
+    then again for each dimension that changes (three compiles of a model that takes tens of seconds each).
+    """
+    return torch.compile(model, dynamic=True, backend=backend)
 
 
 def micro_batches(global_batch, rank, world_size, per_device_batch_size):
@@ -556,12 +570,17 @@ def predict(model, features, device, precision, batch_size=64, pad_token_id=0, p
     """Start and end logits for every feature, unpadded, in the features' order (as postprocess wants)."""
     model.eval()
     lengths = [len(f.input_ids) for f in features]
-    start_logits, end_logits = [None] * len(features), [None] * len(features)
+    # The logits stay on the device until every batch is queued: copying each batch back as it comes
+    # would make the host wait for the GPU, batch after batch, instead of preparing the next one.
+    outputs = []
     for indices in tqdm(batch_indices(lengths, batch_size), desc="predict", disable=not progress):
         batch = make_batch([features[i] for i in indices], pad_token_id, pin_memory=device.type == "cuda")
         with autocast(device, precision):
             out = model(**to_device(batch, device))
-        starts, ends = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+        outputs.append((indices, out.start_logits.float(), out.end_logits.float()))
+    start_logits, end_logits = [None] * len(features), [None] * len(features)
+    for indices, starts, ends in outputs:
+        starts, ends = starts.cpu().numpy(), ends.cpu().numpy()
         for row, i in enumerate(indices):
             start_logits[i], end_logits[i] = starts[row, :lengths[i]], ends[row, :lengths[i]]
     return start_logits, end_logits
@@ -701,7 +720,7 @@ def fit(model, features, pad_token_id, args, checkpoint, device, precision, rank
         device_ids = [device.index] if device.type == "cuda" else None
         trained = ddp = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     if args.compile:
-        trained = torch.compile(trained)
+        trained = compile_model(trained)
 
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=not is_main, dynamic_ncols=True)
     # Running sums stay on the device; they are read (a host sync) only at logging steps.

@@ -108,3 +108,13 @@ def test_gpu_finetune_tiny_matches_transformers(tmp_path):
 
 def test_run_gpu_sh_parses():
     subprocess.run(["bash", "-n", str(REPO / "bench" / "run_gpu.sh")], check=True)
+
+
+def test_step_overhead_runs_and_counts_one_step():
+    pytest.importorskip("transformers", reason="transformers' model is the peer")
+    out = run_script(REPO / "bench" / "step_overhead.py", "--layers", "2", "--steps", "2")
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:4]}
+    assert list(rows) == ["minispan", "transformers"]
+    # measured, 2 layers: minispan 480 operations (262 computing), transformers 570 (307)
+    assert all(int(ops) > int(computing) > 100 for ops, computing, ms in rows.values())
+    assert out.splitlines()[-1].startswith("transformers/minispan: ops ")

@@ -127,6 +127,25 @@ def test_loss_and_gradients_match_transformers():
     assert model.bert.embeddings.word_embeddings.weight.grad[0].abs().max() == 0
 
 
+def test_one_matrix_product_for_query_key_and_value():
+    """Self-attention projects q, k and v in one product (three stacked weight matrices): four products
+    per layer (q/k/v, attention output, intermediate, output) plus the span head. The logits equal the
+    transformers tests' above, which use three separate products."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountProducts(TorchDispatchMode):
+        products = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.products += func.overloadpacket.__name__ in ("addmm", "mm", "linear")
+            return func(*args, **(kwargs or {}))
+
+    model = make_model().eval()
+    with torch.no_grad(), CountProducts() as counter:
+        model(padded_batch(model.config, [9, 5])[0])
+    assert counter.products == 4 * model.config.num_hidden_layers + 1  # measured 9 (13 with three products)
+
+
 def test_loss_is_mean_of_start_and_end_cross_entropy():
     model = make_model().eval()
     input_ids = padded_batch(model.config, [9, 9])[0]
