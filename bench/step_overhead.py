@@ -29,11 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from minispan.config import BertConfig  # noqa: E402
 from minispan.model import BertForQuestionAnswering  # noqa: E402
 from minispan.training import linear_warmup_decay, make_optimizer, train_step  # noqa: E402
-from gpu_train import transformers_model  # noqa: E402  (bench/gpu_train.py, beside this script)
+# bench/gpu_train.py: importable because Python puts a script's own folder first on sys.path
+from gpu_train import transformers_model  # noqa: E402
 
 # Operations that only make a new view of existing memory: no kernel on a GPU, but still a dispatch.
 VIEWS = {"view", "_unsafe_view", "t", "transpose", "permute", "expand", "detach", "unsqueeze", "squeeze",
-         "slice", "select", "as_strided", "alias", "split", "split_with_sizes", "unbind", "chunk"}
+         "slice", "select", "as_strided", "alias", "split", "split_with_sizes", "unbind"}
 
 
 class CountOps(TorchDispatchMode):

@@ -48,17 +48,18 @@ class BertSelfAttention(nn.Module):
 
     def forward(self, x, mask):
         B, L, H = x.shape
-        # The three projections as one [H -> 3H] matrix product. Same numbers as query(x), key(x),
-        # value(x), but one kernel instead of three, and under autocast one bf16 copy of x instead of three
-        # (a training step dispatches 17% fewer operations: bench/step_overhead.py). The weights stay in
-        # the three checkpoint-named Linears; concatenating them copies 3 H^2 numbers, little next to the
-        # product over B * L tokens.
-        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
-        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-        # [B, L, 3H] -> [B, L, 3, heads, head_size] -> q, k, v, each [B, heads, L, head_size]
-        q, k, v = F.linear(x, weight, bias).view(B, L, 3, self.num_heads, H // self.num_heads).permute(2, 0, 3, 1, 4)
-        # softmax(q k^T / sqrt(head_size)) v, with padded keys masked out. SDPA picks a fused kernel
-        # (flash / memory-efficient on CUDA) and never materialises the [L, L] matrix when it can.
+        # The three projections as one [H -> 3H] matrix product: the values of query(x), key(x), value(x)
+        # (up to float rounding), but one kernel instead of three, and under autocast one bf16 copy of x
+        # instead of three (a training step dispatches 17% fewer operations: bench/step_overhead.py). The
+        # weights stay in the three checkpoint-named Linears; stacking them copies 3 H^2 + 3 H numbers,
+        # little next to the product over B * L tokens.
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # [3H, H]
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # [3H]
+        qkv = F.linear(x, weight, bias).view(B, L, 3, self.num_heads, H // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # [3, B, heads, L, head_size]: q, k and v, each [B, heads, L, head_size]
+        # softmax(q k^T / sqrt(head_size)) v, with padded keys masked out. SDPA picks a fused kernel that
+        # never materialises the [L, L] matrix (on CUDA with a mask: memory-efficient or cuDNN attention;
+        # flash attention takes no mask).
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.dropout_p if self.training else 0.0)
         return y.transpose(1, 2).reshape(B, L, H)

@@ -123,7 +123,7 @@ def build_parser():
     p.add_argument("--precision", choices=("bf16", "fp16", "fp32"),
                    help="default: bf16 where the GPU supports it, else fp16 with loss scaling; fp32 on CPU")
     p.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the model: one compile, tens of seconds, for every batch width")
+                   help="torch.compile the model: compiled once (tens of seconds) for every batch width")
     p.add_argument("--dropout", type=float, help="override both dropout rates (0 makes runs comparable)")
     p.add_argument("--demo", action="store_true", default=None,
                    help="offline, CPU, < 1 minute: a tiny random BERT learns data/sample.json")
@@ -275,10 +275,9 @@ def param_groups(model, weight_decay):
 
 
 def make_optimizer(model, lr, weight_decay, device):
-    # The fused kernel (CUDA and CPU) updates every parameter in one launch instead of a dozen per tensor,
-    # and never reads a value back to the host: the unfused one reads each parameter's step count, which
-    # on a GPU would make the CPU wait for the GPU every step. It also takes the fp16 GradScaler's
-    # overflow check on the device (see tests/test_training.py: no host reads in a training step).
+    # fused: the whole update in a few kernel launches on a GPU, one pass on the CPU (where the default
+    # loops over the tensors one by one). With fp16 it also takes the GradScaler's overflow flag on the
+    # device: the unfused path reads it with .item() every step, which makes the CPU wait for the GPU.
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, fused=device.type in ("cuda", "cpu"))
 
 
@@ -312,6 +311,7 @@ def compile_model(model, backend="inductor"):
     Batches are grouped by length, so their width changes from step to step (and the last one is smaller).
     dynamic=True compiles once with the shapes as symbols; by default torch compiles for the first shape,
     then again for each dimension that changes (three compiles of a model that takes tens of seconds each).
+    A batch of a single feature still compiles once more: torch treats a dimension of size 1 apart.
     """
     return torch.compile(model, dynamic=True, backend=backend)
 

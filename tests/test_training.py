@@ -8,10 +8,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from minispan.config import BertConfig
 from minispan.features import Feature
 from minispan.model import BertForQuestionAnswering
-from minispan.training import (TrainingError, accumulate_gradients, compile_model, latest_checkpoint, linear_warmup_decay,
-                               load_trainer_state, make_optimizer, micro_batches, optimizer_step, param_groups, predict,
-                               resolve_device, resolve_precision, save_checkpoint, set_dropout, train_step,
-                               training_batch)
+from minispan.training import (TrainingError, accumulate_gradients, compile_model, latest_checkpoint,
+                               linear_warmup_decay, load_trainer_state, make_optimizer, micro_batches,
+                               optimizer_step, param_groups, predict, resolve_device, resolve_precision,
+                               save_checkpoint, set_dropout, train_step, training_batch)
 from minispan.weights import load_model, save_model
 
 CPU = torch.device("cpu")
@@ -105,9 +105,11 @@ def test_optimizer_steps_match_transformers(tmp_path):
 
 class HostReads(TorchDispatchMode):
     """Counts the operations whose result the host must wait for: .item() / float() / `if tensor`
-    (_local_scalar_dense), and those whose output size depends on the data (nonzero, masked_select)."""
+    (_local_scalar_dense), torch.equal, and those whose output size depends on the data (nonzero,
+    masked_select, unique). Blind spots: on CPU tensors .tolist(), .cpu() and .numpy() dispatch nothing."""
 
-    READS = {"_local_scalar_dense", "is_nonzero", "equal", "nonzero", "masked_select", "unique"}
+    READS = {"_local_scalar_dense", "equal", "nonzero", "masked_select", "_unique2", "unique_dim",
+             "unique_consecutive"}
 
     def __init__(self):
         super().__init__()
@@ -125,9 +127,12 @@ def test_a_training_step_never_waits_for_the_device(precision):
     """On a GPU, reading a value back makes the CPU wait until everything queued has run, so it cannot
     prepare the next step meanwhile. The same operations are visible on the CPU, so we count them here:
     two steps of fit()'s loop body (train_step, with clipping, AdamW, the schedule and for fp16 the
-    GradScaler, then the running sums) must dispatch none. Measured: 0 reads. The unfused AdamW reads
-    every parameter's step count (39 reads per step for this model): make_optimizer must pick the
-    fused one."""
+    GradScaler, then the running sums) must dispatch none. Measured: 0 reads.
+
+    On the CPU every tensor is a host tensor, so this is stricter than a GPU needs: the unfused AdamW
+    reads its step counts (39 reads per step for this model), which it keeps on the host, so on a GPU
+    machine they cost no wait; but in fp16 it also reads the GradScaler's overflow flag, a device value
+    (the 40th read per step), which does."""
     model = tiny_model()
     optimizer = make_optimizer(model, 1e-3, 0.01, CPU)
     scheduler = linear_warmup_decay(optimizer, 2, 10)
