@@ -121,7 +121,7 @@ def test_gpu_finetune_tiny_matches_transformers(tmp_path):
     run_script(REPO / "bench" / "gpu_finetune.py", "--tiny", "--json", tmp_path / "r.json")
     r = json.loads((tmp_path / "r.json").read_text())
     # The tiny model has no dropout: train.py and the transformers loop are the same computation from the same
-    # weights in the same batches (measured: first loss equal, last 5e-7 apart, same metrics).
+    # weights in the same batches (measured: first loss equal, last 3.3e-6 apart, same metrics).
     assert r["minispan"]["first_loss"] == pytest.approx(r["transformers"]["first_loss"], abs=1e-4)
     assert r["minispan"]["last_loss"] == pytest.approx(r["transformers"]["last_loss"], abs=1e-3)
     assert r["f1_gap"] == 0
