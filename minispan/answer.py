@@ -33,16 +33,12 @@ import numpy as np
 import torch
 
 from minispan.features import build_features, make_batch
+from minispan.postprocess import softmax
 from minispan.squad import Example
 from minispan.tokenizer import load_tokenizer
 from minispan.weights import load_model
 
 BATCH_SIZE = 32  # windows per forward pass, at most
-
-
-def softmax(logits):
-    exp = np.exp(logits - logits.max())
-    return exp / exp.sum()
 
 
 class QuestionAnsweringPipeline:
@@ -171,7 +167,7 @@ def window_answers(feature, start_logits, end_logits, top_k, max_answer_len, wor
     spans = []
     for index in best:
         i, j = np.unravel_index(index, scores.shape)
-        if j < i:  # only when fewer than top_k spans exist: the rest of the matrix is zeros below the diagonal
+        if not i <= j < i + max_answer_len:  # only when fewer than top_k spans exist: a zero outside the band
             continue
         first, last = context[i], context[j]
         start, end = feature.offsets[first][0], feature.offsets[last][1]

@@ -136,6 +136,19 @@ def test_answers_are_spans_of_the_context(tiny_dir):
     assert load_tokenizer(tiny_dir).lowercase
 
 
+def test_top_k_beyond_the_valid_spans_returns_only_valid_spans(tiny_dir):
+    """A short context has fewer spans of <= max_answer_len tokens than a large top_k asks for: the answers
+    are exactly those spans, none longer (the score matrix's zeros outside the band are not spans).
+    Before the fix this returned 6 answers, among them 'Bob.' and 'Ann met Bob.' at score 0. (transformers
+    4.46 returns such zero-score spans too, but not the same ones: no parity to keep in this corner.)"""
+    qa = pipeline(tiny_dir)
+    context = "Ann met Bob."
+    answers = qa(question="Who?", context=context, top_k=10, max_answer_len=1)
+    tokens = qa.tokenizer.tokenize(context)  # one token per word and the full stop: 4 one-token spans
+    assert len(answers) == len(tokens)
+    assert all(len(qa.tokenizer.tokenize(a["answer"])) == 1 for a in answers)
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
