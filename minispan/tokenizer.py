@@ -64,7 +64,9 @@ class WordPieceTokenizer:
         self.unk_token_id = self.vocab["[UNK]"]
         self.cls_token_id = self.vocab["[CLS]"]
         self.sep_token_id = self.vocab["[SEP]"]
-        self.vocab_size = len(self.vocab)
+        # The ids the model needs embeddings for: one more than the largest. (More than the number of tokens
+        # when vocab.txt repeats a line: the repeat's first line keeps an id that no token maps to.)
+        self.vocab_size = max(self.vocab.values()) + 1
 
         self._tokenizer = Tokenizer(models.WordPiece(self.vocab, unk_token="[UNK]", max_input_chars_per_word=100))
         self._tokenizer.normalizer = normalizers.BertNormalizer(
@@ -94,9 +96,12 @@ class WordPieceTokenizer:
         """Write vocab.txt (one token per line, in id order) and tokenizer_config.json, atomically."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        tokens = {i: token for token, i in self.vocab.items()}
         with atomic_write(directory / "vocab.txt") as f:
-            for token in sorted(self.vocab, key=self.vocab.get):
-                f.write(token + "\n")
+            for i in range(self.vocab_size):
+                # Line i is id i. An id no token maps to gets a line no text tokenizes to (pre-tokenizing
+                # splits on spaces), so that every later token keeps its id.
+                f.write(tokens.get(i, f"[unused id {i}]") + "\n")
         config = {
             "do_lower_case": self.lowercase,
             "strip_accents": self.strip_accents,
@@ -111,7 +116,7 @@ def read_vocab(path):
     with open(path, encoding="utf-8") as f:
         for index, line in enumerate(f):
             token = line.rstrip("\n").rstrip("\r")
-            vocab.setdefault(token, index)  # the first occurrence of a duplicated line wins, as in BERT
+            vocab[token] = index  # a repeated line: the last one wins, as in BERT's load_vocab and tokenizers
     if not vocab:
         raise ValueError(f"{path}: empty vocabulary")
     return vocab

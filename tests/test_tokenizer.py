@@ -95,6 +95,23 @@ def test_special_ids_and_save_round_trip(tmp_path):
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["tokenizer_config.json", "vocab.txt"]  # no temp files
 
 
+def test_a_repeated_vocabulary_line_keeps_the_ids_of_the_file(tmp_path):
+    """vocab.txt with "hello" on lines 5 and 9: the last line wins, as in BERT's load_vocab (transformers'
+    is the oracle here), so every id is the checkpoint's; saving keeps line i = id i, so nothing shifts."""
+    tokens = SMALL_VOCAB[:9] + ["hello"] + SMALL_VOCAB[9:]
+    tokenizer = load_tokenizer(write_vocab(tmp_path / "a", tokens))
+    transformers = pytest.importorskip("transformers", reason="transformers' load_vocab is the oracle")
+    load_vocab = transformers.models.bert.tokenization_bert.load_vocab
+    assert tokenizer.vocab == dict(load_vocab(str(tmp_path / "a" / "vocab.txt")))
+    assert tokenizer.vocab["hello"] == 9 and tokenizer.vocab["!"] == len(tokens) - 1
+    assert tokenizer.vocab_size == len(tokens)  # embedding rows: line 5's id stays taken
+    tokenizer.save(tmp_path / "b")
+    again = load_tokenizer(tmp_path / "b")
+    assert {t: i for t, i in again.vocab.items() if t in tokenizer.vocab} == tokenizer.vocab
+    assert again.vocab_size == len(tokens)
+    assert again.encode("hello worlds!").ids == tokenizer.encode("hello worlds!").ids == [9, 7, 8, 13]
+
+
 def test_bad_inputs_give_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="vocab.txt"):
         load_tokenizer(tmp_path)
