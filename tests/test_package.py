@@ -7,7 +7,8 @@ import minispan
 def test_public_api_names_resolve():
     for name in minispan.__all__:
         assert getattr(minispan, name) is not None
-    assert "load_model" in dir(minispan)
+    names = dir(minispan)  # after every name was looked up (and cached in the module's globals)
+    assert "load_model" in names and len(names) == len(set(names))
 
 
 def test_pipeline_stays_the_function_after_its_module_is_imported():
