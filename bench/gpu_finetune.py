@@ -50,7 +50,7 @@ from minispan.files import write_json  # noqa: E402
 from minispan.model import BertForQuestionAnswering  # noqa: E402
 from minispan.squad import read_squad  # noqa: E402
 from minispan.tokenizer import load_tokenizer  # noqa: E402
-from minispan.training import (autocast, demo_tokenizer, evaluate, gold_answers, resolve_device,  # noqa: E402
+from minispan.training import (autocast, demo_tokenizer, dev_dataset, evaluate, resolve_device,  # noqa: E402
                                resolve_precision, to_device)
 from minispan.weights import load_model, save_model  # noqa: E402
 
@@ -209,7 +209,7 @@ def transformers_finetune(model_dir, train_file, dev_file, recipe, device, preci
     loop_seconds = time.perf_counter() - loop_start
 
     dev_examples = read_squad(dev_file)
-    metrics = evaluate(model, tokenizer, dev_examples, gold_answers(dev_file, dev_examples),
+    metrics = evaluate(model, tokenizer, dev_examples, dev_dataset(dev_file, dev_examples),
                        SimpleNamespace(**recipe), device, precision)
     first, last = losses[:recipe["log_every"]], losses[-recipe["log_every"]:]
     return metrics, time.perf_counter() - start, loop_seconds, (sum(first) / len(first), sum(last) / len(last))

@@ -473,13 +473,24 @@ def read_questions(path, limit, training=False):
     return examples
 
 
-def gold_answers(path, examples):
-    """The file's `data` list, as the official evaluation takes it, holding only the questions we predict."""
+def dev_dataset(path, examples):
+    """The file's `data` list, as the official evaluation takes it, holding only the questions we predict.
+
+    Checked now, before training, as the scoring at the end will check it: read_squad accepts questions
+    without gold answers (files made for prediction only), the scoring does not.
+    """
+    from minispan.metrics import gold_answers
+
     keep = {example.id for example in examples}
     with open(path, encoding="utf-8") as f:
         data = json.load(f)["data"]
-    return [dict(article, paragraphs=[dict(p, qas=[q for q in p["qas"] if q["id"] in keep])
+    data = [dict(article, paragraphs=[dict(p, qas=[q for q in p["qas"] if q["id"] in keep])
                                       for p in article["paragraphs"]]) for article in data]
+    try:
+        gold_answers(data)
+    except ValueError as e:
+        raise TrainingError(f"{path}: cannot score predictions against it: {e}") from None
+    return data
 
 
 def squad_file(path, split, is_main, world_size):
@@ -638,7 +649,7 @@ def train(args):
         raise TrainingError(f"{train_file}: no answerable questions to learn spans from")
     dev_file = squad_file(args.dev_file, "dev", is_main, world_size)
     dev_examples = read_questions(dev_file, args.limit)
-    dev_data = gold_answers(dev_file, dev_examples)
+    dev_data = dev_dataset(dev_file, dev_examples)
 
     checkpoint = latest_checkpoint(out) if args.resume else None
     torch.manual_seed(args.seed)  # the same fresh head (or demo model) in every process

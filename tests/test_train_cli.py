@@ -168,6 +168,12 @@ def test_bad_input_is_one_clear_line_and_overwrites_nothing(tmp_path, sample_pat
     not_squad = tmp_path / "not_squad.json"
     not_squad.write_text(json.dumps({"rows": [1, 2, 3]}))
     fails("--demo", "--dev-file", not_squad, "--output-dir", out, expect=str(not_squad))
+    def no_gold(data):
+        del data["data"][0]["paragraphs"][0]["qas"][0]["answers"]
+
+    no_gold_dev = sample_variant(tmp_path, sample_path, "no_gold.json", no_gold)
+    fails("--demo", "--dev-file", no_gold_dev, "--output-dir", out,
+          expect=f"{no_gold_dev}: cannot score predictions against it: question 'bellrock-1': missing field 'answers'")
     fails("--model", "spanbert-huge", "--train-file", sample_path, "--dev-file", sample_path, "--output-dir", out,
           expect="--model spanbert-huge: not a directory, and not a known model")
     fails("--demo", "--model", "x", expect="takes no --model")
