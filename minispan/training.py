@@ -722,6 +722,8 @@ def fit(model, features, pad_token_id, args, checkpoint, device, precision, rank
         if args.resume and is_main:
             logger.warning("no checkpoint in %s: starting the run over", out / "checkpoints")
         torch.manual_seed(args.seed + rank)  # each process its own dropout
+    if args.resume and is_main:
+        truncate_log(out / "log.jsonl", step)
     if is_main:
         logger.info("%d steps of %d features (%d per epoch, %d warm-up)", total_steps, args.batch_size,
                     steps_per_epoch, warmup_steps)
@@ -768,6 +770,22 @@ def fit(model, features, pad_token_id, args, checkpoint, device, precision, rank
         if args.save_every and (step % args.save_every == 0 or step == total_steps):
             save_checkpoint(out, step, model, optimizer, scheduler, scaler, device, world_size, rank)
     bar.close()
+
+
+def truncate_log(log_file, step):
+    """Keep only log.jsonl's lines up to `step`, where a resumed run continues: the killed run may have
+    logged steps after its last checkpoint, which the resumed run logs again."""
+    if not log_file.is_file():
+        return
+    kept = []
+    for line in log_file.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):  # a line cut short by the kill
+            pass
+    with atomic_write(log_file) as f:
+        f.writelines(kept)
 
 
 def log(record, log_file, bar, precision):

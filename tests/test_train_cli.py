@@ -88,11 +88,14 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     train_py(*flags, "--save-every", "0", "--output-dir", whole)  # a fresh process, like the others
 
-    process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *flags, "--save-every", "3",
+    process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *flags, "--save-every", "6",
                                 "--output-dir", str(killed)], env=ENV, cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Kill it once step 8 is logged: after the checkpoint at step 6 (most likely before the one at 12).
+    log = killed / "log.jsonl"
     deadline = time.time() + 120
-    while not (killed / "checkpoints" / "step-6").exists() and process.poll() is None and time.time() < deadline:
+    while not (log.exists() and '"step": 8,' in log.read_text()) and process.poll() is None \
+            and time.time() < deadline:
         time.sleep(0.01)
     os.kill(process.pid, signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL  # killed mid-run, not finished
@@ -103,6 +106,10 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
     for name, tensor in weights(whole).items():
         assert torch.equal(tensor, weights(killed)[name]), name  # bit for bit
     assert (whole / "predictions.json").read_text() == (killed / "predictions.json").read_text()
+    # The steps the killed run logged after its checkpoint are logged once, by the resumed run.
+    logged = [[json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+              for run in (whole, killed)]
+    assert logged[0] == logged[1] == list(range(4, 49, 4))
 
     bad = train_py("--resume", killed, "--lr", "1", check=False)
     assert bad.returncode == 2 and "remove --lr" in bad.stderr

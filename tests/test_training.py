@@ -11,7 +11,7 @@ from minispan.model import BertForQuestionAnswering
 from minispan.training import (TrainingError, accumulate_gradients, compile_model, latest_checkpoint,
                                linear_warmup_decay, load_trainer_state, make_optimizer, micro_batches,
                                optimizer_step, param_groups, predict, resolve_device, resolve_precision,
-                               save_checkpoint, set_dropout, train_step, training_batch)
+                               save_checkpoint, set_dropout, train_step, training_batch, truncate_log)
 from minispan.weights import load_model, save_model
 
 CPU = torch.device("cpu")
@@ -189,6 +189,17 @@ def test_predict_returns_each_features_own_logits_in_order():
         assert start.shape == end.shape == (len(f.input_ids),)
         torch.testing.assert_close(torch.from_numpy(start), alone.start_logits[0], rtol=0, atol=1e-5)
         torch.testing.assert_close(torch.from_numpy(end), alone.end_logits[0], rtol=0, atol=1e-5)
+
+
+def test_truncate_log_keeps_the_steps_a_resume_does_not_redo(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 4}\n{"step": 8}\n{"step": 12}\n{"step": 1')  # the last line cut by a kill
+    truncate_log(log, 9)
+    assert log.read_text() == '{"step": 4}\n{"step": 8}\n'
+    truncate_log(log, 0)  # a resume that found no checkpoint starts over
+    assert log.read_text() == ""
+    truncate_log(tmp_path / "absent.jsonl", 5)  # killed before its first log line: nothing to do
+    assert not (tmp_path / "absent.jsonl").exists()
 
 
 def test_schedule_is_linear_warmup_then_decay():
