@@ -501,10 +501,7 @@ def squad_file(path, split, is_main, world_size):
         return Path(path)
     from minispan.download import ensure_squad
 
-    if is_main:
-        ensure_squad(split, data_dir="data")
-    barrier(world_size)
-    return ensure_squad(split, data_dir="data")
+    return main_process_first(lambda: ensure_squad(split, data_dir="data"), is_main, world_size)
 
 
 def model_dir(name, is_main, world_size):
@@ -516,10 +513,15 @@ def model_dir(name, is_main, world_size):
     if name not in SPANBERT:
         raise TrainingError(f"--model {name}: not a directory, and not a known model "
                             f"(expected a directory or one of {', '.join(SPANBERT)})")
-    if is_main:
-        ensure_spanbert(name, cache_dir="models")
+    return main_process_first(lambda: ensure_spanbert(name, cache_dir="models"), is_main, world_size)
+
+
+def main_process_first(fetch, is_main, world_size):
+    """Rank 0 runs fetch() (downloading what is missing) while the others wait; then they run it on what
+    is there. Each process fetches once: fetch() also validates, which reads the whole file."""
+    result = fetch() if is_main else None
     barrier(world_size)
-    return ensure_spanbert(name, cache_dir="models")
+    return result if is_main else fetch()
 
 
 def demo_tokenizer(examples):

@@ -9,9 +9,10 @@ from minispan.config import BertConfig
 from minispan.features import Feature
 from minispan.model import BertForQuestionAnswering
 from minispan.training import (TrainingError, accumulate_gradients, compile_model, latest_checkpoint,
-                               linear_warmup_decay, load_trainer_state, make_optimizer, micro_batches,
-                               optimizer_step, param_groups, predict, resolve_device, resolve_precision,
-                               save_checkpoint, set_dropout, train_step, training_batch, truncate_log)
+                               linear_warmup_decay, load_trainer_state, main_process_first, make_optimizer,
+                               micro_batches, optimizer_step, param_groups, predict, resolve_device,
+                               resolve_precision, save_checkpoint, set_dropout, train_step, training_batch,
+                               truncate_log)
 from minispan.weights import load_model, save_model
 
 CPU = torch.device("cpu")
@@ -200,6 +201,15 @@ def test_truncate_log_keeps_the_steps_a_resume_does_not_redo(tmp_path):
     assert log.read_text() == ""
     truncate_log(tmp_path / "absent.jsonl", 5)  # killed before its first log line: nothing to do
     assert not (tmp_path / "absent.jsonl").exists()
+
+
+def test_main_process_first_fetches_once_per_process():
+    """squad_file and model_dir: ensure_squad / ensure_spanbert validate by reading the whole file, so each
+    process calls them once (rank 0 used to call them twice, parsing train-v2.0.json an extra time)."""
+    calls = []
+    for is_main in (True, False):
+        assert main_process_first(lambda: calls.append(is_main) or "path", is_main, world_size=1) == "path"
+    assert calls == [True, False]
 
 
 def test_schedule_is_linear_warmup_then_decay():
