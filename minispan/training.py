@@ -663,17 +663,17 @@ def train(args):
     else:
         tokenizer = load_tokenizer(source)
     if checkpoint is not None:
-        model = load_model(checkpoint)
+        model = load_model(checkpoint, device=device)
     elif args.demo:
         model = BertForQuestionAnswering(BertConfig(vocab_size=tokenizer.vocab_size, **DEMO_MODEL))
     else:  # a fresh start, or a resume killed before its first checkpoint
-        model = load_model(source or model_dir(args.model, is_main, world_size))
+        model = load_model(source or model_dir(args.model, is_main, world_size), device=device)
     if model.config.vocab_size < tokenizer.vocab_size:
         raise TrainingError(f"--model {args.model}: vocabulary of {tokenizer.vocab_size} tokens but the model "
                             f"has {model.config.vocab_size} embeddings")
     if args.dropout is not None:
         set_dropout(model, args.dropout)
-    model.to(device)
+    model.to(device)  # the demo model: load_model built the others there
 
     features = build_features(train_examples, tokenizer, args.max_seq_length, args.doc_stride,
                               args.max_query_length, training=True, progress=is_main)
