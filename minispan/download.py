@@ -248,9 +248,8 @@ def ensure_spanbert(name, cache_dir="models", *, source="auto", hub_url=None, ta
         check_model_dir(staging)
     except DownloadError as e:
         raise DownloadError(f"{e} (delete {staging} to download again)") from None
-    write_json(staging / "tokenizer_config.json", {"do_lower_case": False})
     os.replace(staging, target)
-    return target
+    return _existing(target)  # which also writes tokenizer_config.json
 
 
 def _existing(target):
@@ -329,23 +328,27 @@ def check_model_dir(directory):
     encoder must be there with the config's shapes (a pretrained encoder has no span head: that
     one is initialised fresh).
     """
+    # The readers load_model and load_tokenizer use. Imported here: tokenizers and torch are not needed
+    # to download SQuAD.
+    from minispan.config import BertConfig
+    from minispan.tokenizer import read_vocab
+    from minispan.weights import load_model
+
     directory = Path(directory)
     try:
-        with open(directory / "config.json", encoding="utf-8") as f:
-            vocab_size = json.load(f)["vocab_size"]
-    except (ValueError, KeyError, TypeError) as e:
+        vocab_size = BertConfig.from_json(directory / "config.json").vocab_size
+    except (ValueError, OSError) as e:  # ConfigError is a ValueError
         raise DownloadError(f"{directory / 'config.json'}: not a BERT config ({e})") from None
     try:
-        with open(directory / "vocab.txt", encoding="utf-8") as f:
-            # Split on newlines only: str.splitlines would also cut at characters some tokens contain.
-            tokens = f.read().rstrip("\n").split("\n")
+        vocab = read_vocab(directory / "vocab.txt")
     except UnicodeDecodeError as e:
         raise DownloadError(f"{directory / 'vocab.txt'}: not UTF-8 text ({e})") from None
-    if len(tokens) != vocab_size or not set(SPECIAL_TOKENS) <= set(tokens):
-        raise DownloadError(f"{directory / 'vocab.txt'}: {len(tokens):,} tokens, expected the config's "
+    except ValueError as e:  # an empty file
+        raise DownloadError(str(e)) from None
+    ids = max(vocab.values()) + 1  # the embedding rows it needs (the tokenizer's vocab_size)
+    if ids != vocab_size or not set(SPECIAL_TOKENS) <= set(vocab):
+        raise DownloadError(f"{directory / 'vocab.txt'}: {ids:,} tokens, expected the config's "
                             f"vocab_size {vocab_size:,} including {' '.join(SPECIAL_TOKENS)}")
-
-    from minispan.weights import load_model  # imports torch, which downloading SQuAD doesn't need
 
     try:
         load_model(directory)
