@@ -32,13 +32,21 @@ def atomic_write(path, mode="w", encoding="utf-8"):
         raise
 
 
-def read_json_object(path):
-    """Read a JSON file that must hold an object (a dict); a ValueError names the file otherwise."""
+def read_json(path):
+    """Read a JSON file. A file that cannot be read or is not JSON is a one-line ValueError naming it (the
+    callers turn it into their own error type)."""
     try:
         with open(path, encoding="utf-8") as f:
-            value = json.load(f)
+            return json.load(f)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read: {e.strerror or e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_json_object(path):
+    """Read a JSON file that must hold an object (a dict); a ValueError names the file otherwise."""
+    value = read_json(path)
     if not isinstance(value, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
     return value

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from minispan.files import atomic_write
+from minispan.files import atomic_write, read_json
 
 ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 DROP_PUNCTUATION = str.maketrans("", "", string.punctuation)  # ASCII punctuation only, as the official script
@@ -382,12 +382,9 @@ def evaluate(args, prog):
 
 def _load_json(path):
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read: {e.strerror or e}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path}: not valid JSON ({e})") from None
+        return read_json(path)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _looks_like_dataset(obj):

@@ -11,6 +11,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import List
 
+from minispan.files import read_json
+
 
 @dataclass
 class Answer:
@@ -45,12 +47,9 @@ def read_squad(path, training=False):
     (a warning still names them) because scoring compares answer texts, not offsets.
     """
     try:
-        with open(path, encoding="utf-8") as f:
-            root = json.load(f)
-    except OSError as e:
-        raise SquadFormatError(f"{path}: cannot read: {e.strerror or e}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SquadFormatError(f"{path}: not valid JSON ({e})") from None
+        root = read_json(path)
+    except ValueError as e:
+        raise SquadFormatError(str(e)) from None
     data = root.get("data") if isinstance(root, dict) else None
     if not isinstance(data, list):
         raise SquadFormatError(f"{path}: expected a JSON object with a 'data' list of articles")

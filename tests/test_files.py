@@ -40,5 +40,7 @@ def test_read_json_object_names_the_file(tmp_path):
         read_json_object(broken)
     with pytest.raises(ValueError, match=r"list\.json: expected a JSON object, got list"):
         read_json_object(listed)
+    with pytest.raises(ValueError, match=r"absent\.json: cannot read: No such file or directory"):
+        read_json_object(tmp_path / "absent.json")
     with pytest.raises(ConfigError, match=r"list\.json: expected a JSON object"):  # config.json errors stay ConfigErrors
         BertConfig.from_json(listed)
