@@ -52,11 +52,9 @@ def draw_windows(path, tokenizer, examples, max_seq_length=384, doc_stride=128):
     num_tokens = len(tokenizer.encode(example.context).ids)
     question_tokens = features[0].token_type_ids.index(1) - 2
     fig, ax = plt.subplots(figsize=(9, 0.5 * len(features) + 1.6))
-    position = 0  # the first context token of each window, in the whole context's numbering
     for k, f in enumerate(features):
         window = [i for i, offset in enumerate(f.offsets) if offset is not None]
-        start = position if k == 0 else position + doc_stride
-        position = start
+        start = f.window_start  # the window's first token, in the whole context's numbering
         owned = [start + j for j, i in enumerate(window) if f.token_is_max_context[i]]
         y = len(features) - 1 - k
         ax.barh(y, len(window), left=start, height=0.6, color="#c6dbef")
@@ -117,7 +115,9 @@ def main(argv=None):
         # The full demo learns the sample by heart, and a perfect model's precision-recall curve is a flat
         # line: draw the curve of a demo stopped after PR_EPOCHS epochs, which still makes mistakes.
         # Scored at the threshold its predictions were made with (0), as chapter 7 explains.
-        run = demo("demo-short", args.demo_epochs or PR_EPOCHS)
+        # (--demo-epochs: the run above is already that short one.)
+        if args.demo_epochs is None:
+            run = demo("demo-short", PR_EPOCHS)
         with contextlib.redirect_stdout(io.StringIO()):
             status = minispan.metrics.main([str(run / "predictions.json"), str(SAMPLE), "-n",
                                             str(run / "null_odds.json"), "-t", "0", "-p", str(scratch / "images")])

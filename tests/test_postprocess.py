@@ -1,7 +1,5 @@
 """postprocess: best spans, null odds and n-best lists from per-feature logits; write_predictions."""
 import json
-import re
-import string
 import warnings
 
 import numpy as np
@@ -9,16 +7,10 @@ import pytest
 import torch
 
 from minispan.features import Feature, build_features
+from minispan.metrics import normalize_answer  # the official normalisation, checked in test_metrics
 from minispan.postprocess import postprocess, write_predictions
 from minispan.squad import Example, SquadWarning, read_squad
 from minispan.tokenizer import load_tokenizer
-
-
-def normalize_answer(text):
-    """The official SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = "".join(c for c in text.lower() if c not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
 
 
 def random_logits(features, examples, seed=0):
@@ -110,7 +102,7 @@ def hand_feature(example_index=0, max_context=None):
     return Feature(example_index, list(range(10)), [0, 0, 0] + [1] * 7, offsets, is_max)
 
 
-def logits(high=(), low=(), base=0.0, n=10):
+def logits(high=(), base=0.0, n=10):
     x = np.full(n, base)
     for i, v in high:
         x[i] = v

@@ -103,8 +103,9 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
 
     result = train_py("--resume", killed)
     assert "resuming from" in result.stderr
+    resumed = weights(killed)
     for name, tensor in weights(whole).items():
-        assert torch.equal(tensor, weights(killed)[name]), name  # bit for bit
+        assert torch.equal(tensor, resumed[name]), name  # bit for bit
     assert (whole / "predictions.json").read_text() == (killed / "predictions.json").read_text()
     # The steps the killed run logged after its checkpoint are logged once, by the resumed run.
     logged = [[json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
