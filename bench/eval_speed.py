@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from minispan.metrics import squad_v2_metrics
-from timing import best_time  # bench/timing.py, beside this script
+from common import DEV_HALF, best_time  # bench/common.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def official_like_main(module, dataset, preds, probs):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dev", default=str(REPO.parent / "shared" / "data" / "squad2-dev-half.json"))
+    parser.add_argument("--dev", default=str(DEV_HALF))
     parser.add_argument("--copies", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()

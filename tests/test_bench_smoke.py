@@ -1,5 +1,6 @@
 """The GPU benchmarks, kept from rotting: their FLOP count against torch's counter, their choice of timed
-steps, and both scripts end to end in their --tiny CPU mode (2 layers, hidden 32, a few steps)."""
+steps, their profile summary, and both scripts end to end in their --tiny CPU mode (2 layers, hidden 32, a
+few steps); and bench/step_overhead.py's operation counts at 2 layers."""
 import importlib.util
 import json
 import os
