@@ -95,7 +95,6 @@ class WordPieceTokenizer:
     def save(self, directory):
         """Write vocab.txt (one token per line, in id order) and tokenizer_config.json, atomically."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         tokens = {i: token for token, i in self.vocab.items()}
         with atomic_write(directory / "vocab.txt") as f:
             for i in range(self.vocab_size):

@@ -264,7 +264,6 @@ def save_model(model, directory):
         raise TypeError(f"save_model expects a BertForQuestionAnswering, got {type(model).__name__} "
                         "(unwrap DDP with .module, torch.compile with ._orig_mod)")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     save_safetensors(model.state_dict(), directory / "model.safetensors")
     model.config.to_json(directory / "config.json")
 
