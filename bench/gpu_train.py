@@ -66,8 +66,9 @@ from minispan.model import BertForQuestionAnswering  # noqa: E402
 from minispan.postprocess import postprocess  # noqa: E402
 from minispan.squad import read_squad  # noqa: E402
 from minispan.tokenizer import load_tokenizer  # noqa: E402
-from minispan.training import (compile_model, demo_tokenizer, linear_warmup_decay, make_optimizer,  # noqa: E402
-                               predict, resolve_precision, step_batches, train_step)
+from minispan.training import (batch_width, compile_model, demo_tokenizer, graphed_gradients,  # noqa: E402
+                               linear_warmup_decay, make_optimizer, predict, resolve_precision, step_batches,
+                               train_step)
 
 SPANBERT_BASE = BertConfig()  # the defaults are SpanBERT-base's shape
 TINY = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
@@ -77,6 +78,7 @@ CONFIGS = {
     "a": "(a) minispan",
     "b": "(b) transformers, padded to {max_seq_length}",
     "c": "(c) transformers, grouped",
+    "a-eager": "(a) without CUDA graphs",
     "a-compile": "(a) + torch.compile",
 }
 
@@ -283,21 +285,27 @@ def transformers_model(config):
     return model
 
 
-def make_step(model, features, pad_token_id, args, device, precision, pad_to=None, compile=False):
+def make_step(model, features, pad_token_id, args, device, precision, pad_to=None, compile=False,
+              cuda_graphs=False):
     """One optimizer step over a global batch of feature indices: fit()'s loop body (minispan/training.py).
 
-    pad_to pads every batch to that width (run_qa's padding) instead of the batch's longest feature.
+    pad_to pads every batch to that width (run_qa's padding) instead of batch_width's. With cuda_graphs,
+    forward and backward are replayed from CUDA graphs where train.py would (training.graphed_gradients).
     """
     total_steps = EPOCHS * SQUAD2_TRAIN_FEATURES // args.batch_size
     optimizer = make_optimizer(model, 2e-5, 0.01, device)
     scheduler = linear_warmup_decay(optimizer, math.ceil(0.1 * total_steps), total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     trained = compile_model(model) if compile else model
+    flags = argparse.Namespace(compile=compile, cuda_graphs=cuda_graphs)
+    graphs = graphed_gradients(model, flags, device, precision, world_size=1)
     totals = torch.zeros(3, device=device)  # fit()'s running loss, features seen, non-finite steps
 
     def step(indices):
-        batches = step_batches(features, indices, 0, 1, args.batch_size, pad_token_id, device, width=pad_to)
-        loss, grad_norm = train_step(trained, batches, optimizer, scheduler, scaler, device, precision, 1.0)
+        batches = step_batches(features, indices, 0, 1, args.batch_size, pad_token_id, device,
+                               args.max_seq_length, width=pad_to)
+        loss, grad_norm = train_step(trained, batches, optimizer, scheduler, scaler, device, precision, 1.0,
+                                     graphs=graphs)
         totals[0] += loss
         totals[1] += len(indices)
         totals[2] += (~torch.isfinite(grad_norm)).float()
@@ -309,7 +317,8 @@ def run_config(name, config, features, warmup, timed, pad_token_id, args, device
     torch.manual_seed(args.seed)
     model = (transformers_model(config) if name in ("b", "c") else minispan_model(config)).to(device)
     step, totals = make_step(model, features, pad_token_id, args, device, precision,
-                             pad_to=args.max_seq_length if name == "b" else None, compile=name == "a-compile")
+                             pad_to=args.max_seq_length if name == "b" else None, compile=name == "a-compile",
+                             cuda_graphs=name == "a")
     lengths = [len(f.input_ids) for f in features]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -319,7 +328,8 @@ def run_config(name, config, features, warmup, timed, pad_token_id, args, device
     per_step, wall = time_steps(step, timed, device)
     loss = totals[0].item() / totals[1].item()
     real = [lengths[i] for batch in timed for i in batch]
-    padded = [args.max_seq_length if name == "b" else max(lengths[i] for i in b) for b in timed]
+    padded = [args.max_seq_length if name == "b" else batch_width([lengths[i] for i in b], args.max_seq_length)
+              for b in timed]
     result = {
         "config": CONFIGS[name].format(max_seq_length=args.max_seq_length), "steps": len(timed),
         "warmup_steps": len(warmup), "warmup_s": warmup_s,

@@ -19,6 +19,9 @@ features_in_global_batch`: the accumulated gradient, after DistributedDataParall
 processes, is then exactly the mean over the global batch, so the result doesn't depend on P or on the
 micro-batch size (up to float rounding, and with --dropout 0 since every process draws its own dropout).
 
+On one GPU the step's forward and backward are recorded once per batch width as CUDA graphs and replayed
+(minispan/cuda_graphs.py): the same arithmetic, launched with one call instead of a thousand.
+
 Only rank 0 writes files. Outputs in --output-dir:
     run_config.json                      the settings (what --resume continues)
     log.jsonl                            one line per logging step
@@ -48,6 +51,7 @@ from torch import nn
 from tqdm import tqdm
 
 from minispan.config import BertConfig
+from minispan.cuda_graphs import GraphedGradients
 from minispan.download import DownloadError
 from minispan.features import batch_indices, build_features, make_batch
 from minispan.files import atomic_write, read_json_object, write_json
@@ -66,7 +70,7 @@ DEFAULTS = dict(
     epochs=4, lr=2e-5, batch_size=32, per_device_batch_size=None,
     max_seq_length=512, doc_stride=128, max_query_length=64,
     warmup_ratio=0.1, weight_decay=0.01, max_grad_norm=1.0, seed=42,
-    save_every=1000, log_every=50, limit=None, device="auto", precision=None, dropout=None,
+    save_every=1000, log_every=50, limit=None, device="auto", precision=None, dropout=None, cuda_graphs=True,
 )
 # A tiny random BERT learns the 45 hand-written questions by heart: it shows every stage working.
 DEMO = dict(DEFAULTS, model=None, train_file=str(SAMPLE), dev_file=str(SAMPLE), output_dir="runs/demo",
@@ -76,7 +80,7 @@ DEMO_MODEL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, in
                   max_position_embeddings=256)
 
 # What a --resume may change: where and how fast it runs, never what it computes.
-RESUMABLE = {"device", "precision", "compile", "per_device_batch_size", "save_every", "log_every"}
+RESUMABLE = {"device", "precision", "compile", "cuda_graphs", "per_device_batch_size", "save_every", "log_every"}
 
 # Files a run writes in --output-dir: another run's are never overwritten without --overwrite.
 RUN_FILES = ("run_config.json", "log.jsonl", "checkpoints", "config.json", "model.safetensors", "vocab.txt",
@@ -124,6 +128,9 @@ def build_parser():
                    help="default: bf16 where the GPU supports it, else fp16 with loss scaling; fp32 on CPU")
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the model: compiled once (tens of seconds) for every batch width")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None,
+                   help="on a GPU, launch the step's kernels one by one instead of replaying them from CUDA "
+                        "graphs (slower; for debugging)")
     p.add_argument("--dropout", type=float, help="override both dropout rates (0 makes runs comparable)")
     p.add_argument("--demo", action="store_true", default=None,
                    help="offline, CPU, < 1 minute: a tiny random BERT learns data/sample.json")
@@ -153,6 +160,7 @@ def parse_args(argv=None):
         if args.output_dir is None:
             args.output_dir = str(Path("runs") / Path(args.model).name)
     args.demo, args.compile = bool(args.demo), bool(args.compile)
+    args.cuda_graphs = args.cuda_graphs is not False  # a run saved before the flag existed used them
     check_args(args)
     return args
 
@@ -330,13 +338,26 @@ def micro_batches(global_batch, rank, world_size, per_device_batch_size):
     return [(chunk, len(chunk) * world_size / len(global_batch)) for chunk in chunks]
 
 
-def train_step(model, batches, optimizer, scheduler, scaler, device, precision, max_grad_norm, no_sync=None):
+def graphed_gradients(model, args, device, precision, world_size):
+    """The CUDA graphs that replay forward and backward (minispan/cuda_graphs.py), or None to run eagerly:
+    on CPU, with --no-cuda-graphs, --compile (torch.compile has its own), fp16 (the loss scaler) or
+    torchrun (DistributedDataParallel's all-reduce hooks)."""
+    usable = device.type == "cuda" and precision != "fp16" and world_size == 1 and not args.compile
+    return GraphedGradients(model, precision) if usable and args.cuda_graphs else None
+
+
+def train_step(model, batches, optimizer, scheduler, scaler, device, precision, max_grad_norm, no_sync=None,
+               graphs=None):
     """Forward/backward over this process's micro-batches, then one clipped AdamW step.
 
+    `graphs` (see graphed_gradients) replays forward and backward instead of running them eagerly.
     Returns, as tensors on the device (reading them would make the CPU wait for the GPU), the summed loss
     over this process's features and the gradient norm before clipping.
     """
-    loss_sum = accumulate_gradients(model, batches, scaler, device, precision, no_sync)
+    if graphs is not None:
+        loss_sum = graphs(batches)
+    else:
+        loss_sum = accumulate_gradients(model, batches, scaler, device, precision, no_sync)
     return loss_sum, optimizer_step(model, optimizer, scheduler, scaler, max_grad_norm)
 
 
@@ -372,13 +393,24 @@ def optimizer_step(model, optimizer, scheduler, scaler, max_grad_norm):
 
 
 def step_batches(features, global_batch, rank, world_size, per_device_batch_size, pad_token_id, device,
-                 width=None):
+                 max_seq_length, width=None):
     """This process's micro-batches of one global batch of feature indices, on the device, each with its
-    loss weight: the [(tensors, weight)] train_step takes. All padded to the global batch's longest feature
-    (see training_batch), or to `width`."""
-    width = width or max(len(features[i].input_ids) for i in global_batch)
+    loss weight: the [(tensors, weight)] train_step takes. All padded to the same width (see
+    training_batch): batch_width's, or `width`."""
+    width = width or batch_width([len(features[i].input_ids) for i in global_batch], max_seq_length)
     return [(training_batch([features[i] for i in indices], width, pad_token_id, device), weight)
             for indices, weight in micro_batches(global_batch, rank, world_size, per_device_batch_size)]
+
+
+WIDTH_MULTIPLE = 8
+
+
+def batch_width(lengths, max_seq_length):
+    """The width a training batch is padded to: its longest feature, rounded up to a multiple of 8 (but
+    not past max_seq_length). Tensor cores like multiples of 8, and CUDA graphs record one graph per width:
+    at most 48 of them for 384-token windows instead of one for every length."""
+    longest = max(lengths)
+    return max(longest, min(-(-longest // WIDTH_MULTIPLE) * WIDTH_MULTIPLE, max_seq_length))
 
 
 def training_batch(features, length, pad_token_id, device):
@@ -746,15 +778,20 @@ def fit(model, features, pad_token_id, args, checkpoint, device, precision, rank
         trained = ddp = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     if args.compile:
         trained = compile_model(trained)
+    graphs = graphed_gradients(model, args, device, precision, world_size)
+    if graphs is not None and is_main:
+        logger.info("replaying forward and backward from CUDA graphs (one per batch width; --no-cuda-graphs: off)")
 
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=not is_main, dynamic_ncols=True)
     # Running sums stay on the device; they are read (a host sync) only at logging steps.
     loss_sum, seen, nonfinite = (torch.zeros((), device=device) for _ in range(3))
     since = time.perf_counter()
     while step < total_steps:
-        batches = step_batches(features, plan[step], rank, world_size, per_device, pad_token_id, device)
+        batches = step_batches(features, plan[step], rank, world_size, per_device, pad_token_id, device,
+                               args.max_seq_length)
         step_loss, grad_norm = train_step(trained, batches, optimizer, scheduler, scaler, device, precision,
-                                          args.max_grad_norm, no_sync=ddp.no_sync if ddp is not None else None)
+                                          args.max_grad_norm, no_sync=ddp.no_sync if ddp is not None else None,
+                                          graphs=graphs)
         loss_sum += step_loss
         seen += sum(len(batch["input_ids"]) for batch, weight in batches if weight)
         nonfinite += (~torch.isfinite(grad_norm)).float()

@@ -1,0 +1,86 @@
+"""The training step's forward and backward, replayed from CUDA graphs.
+
+Run eagerly, a SpanBERT-base step at batch 32 is about 1,000 GPU kernels, each launched by Python and
+PyTorch's dispatcher in turn. On an H100/H200 the host cannot keep up: measured on an H200, a step took
+27 ms of which the GPU was busy 12 (bench/README.md). A CUDA graph records a step's kernels once and
+then relaunches all of them with a single call.
+
+A graph replays the same kernels on the same shapes at the same addresses, so:
+- there is one graph per micro-batch shape, recorded the first time that shape comes (training.py rounds
+  batch widths up to a multiple of 8, so at most 48 widths for 384-token windows);
+- each batch is copied into its graph's own input tensors before the replay;
+- the gradients live in tensors that are never freed, and the recorded backward adds into them.
+All graphs share one memory pool. That is safe because they run one after another on one stream and
+nothing but the loss leaves a graph: one graph's scratch memory can be another's, and the pool is as
+large as the largest graph needs rather than the sum of them.
+
+Only forward and backward are recorded. Clipping, the fused AdamW update and the schedule stay eager (a
+few multi-tensor kernels), so learning-rate changes and checkpoints work as they do without graphs.
+Dropout stays random: each replay draws new masks (PyTorch advances the graph's random offset).
+"""
+import torch
+
+
+class GraphedGradients:
+    """training.accumulate_gradients for one CUDA GPU and one process, replayed from CUDA graphs.
+
+    Call it with [(batch, weight)] as accumulate_gradients takes them: it adds the micro-batches' weighted
+    gradients into the parameters' .grad and returns their summed loss, a tensor on the GPU.
+    """
+
+    def __init__(self, model, precision):
+        if precision not in ("bf16", "fp32"):
+            raise ValueError(f"CUDA graphs: precision {precision!r} not supported (fp16's loss scaler is not)")
+        self.model = model
+        self.dtype = torch.bfloat16 if precision == "bf16" else None
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.grads = [torch.zeros_like(p) for p in self.params]  # the addresses the graphs add into
+        self.pool = torch.cuda.graph_pool_handle()
+        self.graphs = {}  # micro-batch shape -> (graph, its input tensors, its loss weight, its loss)
+
+    def __call__(self, batches):
+        self.model.train()
+        # optimizer_step's zero_grad(set_to_none=True) let go of the gradients; this object kept them.
+        for p, grad in zip(self.params, self.grads):
+            p.grad = grad
+        torch._foreach_zero_(self.grads)
+        loss_sum = torch.zeros((), device=self.grads[0].device)
+        for batch, weight in batches:
+            shape = tuple(batch["input_ids"].shape)
+            if shape not in self.graphs:
+                self.graphs[shape] = self._record(batch)
+            graph, inputs, static_weight, loss = self.graphs[shape]
+            for name, tensor in batch.items():
+                inputs[name].copy_(tensor, non_blocking=True)
+            static_weight.fill_(weight)
+            graph.replay()
+            if weight:
+                loss_sum += loss * shape[0]
+        return loss_sum
+
+    def _forward_backward(self, inputs, weight):
+        # The autocast cache keeps bf16 copies of the weights between uses; a graph must not depend on it.
+        with torch.autocast("cuda", dtype=self.dtype, enabled=self.dtype is not None, cache_enabled=False):
+            loss = self.model(**inputs).loss
+        (loss * weight).backward()
+        return loss.detach()
+
+    def _record(self, batch):
+        inputs = {name: tensor.clone() for name, tensor in batch.items()}
+        weight = torch.zeros((), device=self.grads[0].device)
+        # One eager run first, on a side stream as torch's CUDA graph notes ask: on a shape's first run
+        # cuBLAS and cuDNN choose kernels and allocate workspaces, which must not happen while recording.
+        # Its gradients go to fresh tensors, thrown away, so the gradients accumulated so far are kept.
+        for p in self.params:
+            p.grad = None
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._forward_backward(inputs, weight)
+        torch.cuda.current_stream().wait_stream(side)
+        for p, grad in zip(self.params, self.grads):
+            p.grad = grad  # present while recording, so the recorded backward adds into it
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            loss = self._forward_backward(inputs, weight)
+        return graph, inputs, weight, loss

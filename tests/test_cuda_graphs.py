@@ -1,0 +1,141 @@
+"""CUDA graphs for the training step (minispan/cuda_graphs.py), and the batch widths they are recorded for.
+
+The graphs themselves need a CUDA GPU: those tests skip without one (bench/run_gpu.sh runs them on the GPU
+machine). Which runs use graphs, and the widths, are checked everywhere.
+"""
+import argparse
+
+import pytest
+import torch
+
+from minispan.config import BertConfig
+from minispan.cuda_graphs import GraphedGradients
+from minispan.features import Feature
+from minispan.model import BertForQuestionAnswering
+from minispan.training import (accumulate_gradients, batch_width, graphed_gradients, linear_warmup_decay,
+                               parse_args, step_batches, train_step)
+from test_training import TINY, tiny_batch, tiny_model
+
+CPU = torch.device("cpu")
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+# Relative error (of norms) allowed between graphed and eager results. The graph replays the eager kernels,
+# but some of them add in an order that changes from run to run (atomics: the embedding backward, attention's
+# backward), and in bf16 a different last bit is rounded again by every later operation.
+TOLERANCE = {"fp32": 1e-5, "bf16": 2e-2}
+
+
+def test_batch_width_rounds_up_to_a_multiple_of_8_within_max_seq_length():
+    assert batch_width([17, 3], 384) == 24
+    assert batch_width([24], 384) == 24
+    assert batch_width([379], 384) == 384
+    assert batch_width([97], 100) == 100  # not past the windows' size
+    assert batch_width([120], 100) == 120  # never shorter than the longest feature
+
+
+def test_step_batches_pad_to_the_batch_width():
+    features = [Feature(0, [5] * n, [0] * n, [None] * n, [False] * n, 0, 0) for n in (9, 13, 5)]
+    (batch, weight), = step_batches(features, [0, 1, 2], 0, 1, 3, 0, CPU, max_seq_length=384)
+    assert batch["input_ids"].shape == (3, 16) and weight == 1.0
+    (batch, _), = step_batches(features, [0, 2], 0, 1, 3, 0, CPU, max_seq_length=384, width=40)
+    assert batch["input_ids"].shape == (2, 40)
+
+
+def test_which_runs_replay_cuda_graphs(monkeypatch):
+    """One GPU, bf16 or fp32, no torch.compile, no torchrun, not --no-cuda-graphs: graphs. Else eager."""
+    made = []
+    monkeypatch.setattr("minispan.training.GraphedGradients", lambda model, precision: made.append(precision))
+    cuda = torch.device("cuda", 0)
+    flags = argparse.Namespace(compile=False, cuda_graphs=True)
+    graphed_gradients(None, flags, cuda, "bf16", 1)
+    graphed_gradients(None, flags, cuda, "fp32", 1)
+    assert made == ["bf16", "fp32"]
+    assert graphed_gradients(None, flags, CPU, "fp32", 1) is None
+    assert graphed_gradients(None, flags, cuda, "fp16", 1) is None  # the GradScaler
+    assert graphed_gradients(None, flags, cuda, "bf16", 2) is None  # DistributedDataParallel
+    assert graphed_gradients(None, argparse.Namespace(compile=True, cuda_graphs=True), cuda, "bf16", 1) is None
+    assert graphed_gradients(None, argparse.Namespace(compile=False, cuda_graphs=False), cuda, "bf16", 1) is None
+    assert len(made) == 2
+
+
+def test_cuda_graphs_flag(tmp_path):
+    assert parse_args(["--demo"]).cuda_graphs is True
+    assert parse_args(["--demo", "--no-cuda-graphs"]).cuda_graphs is False
+
+
+def on_gpu(micro_batches):
+    return [({name: t.cuda() for name, t in batch.items()}, weight) for batch, weight in micro_batches]
+
+
+# A step's micro-batches: (features, width, seed, weight). Shapes come back in another order than they were
+# recorded in, a step mixes a recorded shape with a new one (recorded mid-step, after gradients were added).
+STEPS = [[(6, 24, 1, 1.0)],
+         [(6, 16, 2, 0.5), (6, 24, 3, 0.5)],
+         [(6, 24, 4, 0.5), (3, 8, 5, 0.25)],
+         [(3, 8, 6, 1.0)],
+         [(6, 16, 7, 1.0)]]
+
+
+def micro(step):
+    return on_gpu([(tiny_batch(n, width, seed), weight) for n, width, seed, weight in step])
+
+
+@gpu
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_graphed_gradients_equal_eager_ones(precision):
+    """Loss and every gradient of GraphedGradients against accumulate_gradients, step by step."""
+    eager, graphed = tiny_model().cuda(), tiny_model().cuda()
+    graphs = GraphedGradients(graphed, precision)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    tolerance = TOLERANCE[precision]
+    worst = 0.0
+    for i, step in enumerate(STEPS):
+        eager.zero_grad(set_to_none=True)
+        expected = accumulate_gradients(eager, micro(step), scaler, torch.device("cuda"), precision)
+        got = graphs(micro(step))
+        assert abs(got.item() - expected.item()) <= tolerance * abs(expected.item()), (i, got, expected)
+        total = torch.cat([p.grad.flatten() for p in eager.parameters()]).norm().item()
+        for (name, p), q in zip(eager.named_parameters(), graphed.parameters()):
+            # A floor for the few gradients that are 0 but for rounding (e.g. qa_outputs.bias: the softmax
+            # does not change when every logit moves by the same amount).
+            error = (q.grad - p.grad).norm().item() / max(p.grad.norm().item(), 1e-2 * total)
+            assert error <= tolerance, (i, name, error)
+            worst = max(worst, error)
+    assert len(graphs.graphs) == 3  # one graph per shape
+    print(f"{precision}: largest relative gradient difference {worst:.1e}")
+
+
+@gpu
+def test_graphed_training_steps_equal_eager_ones():
+    """Five full train_steps (clipping, update, schedule, zero_grad), fp32: the same losses and weights.
+    Plain SGD, not AdamW: Adam's first steps move every weight by about lr whatever the size of its gradient,
+    so gradients that differ by rounding near 0 (the atomics above) would become differences of 2 * lr."""
+    cuda = torch.device("cuda")
+    runs = {}
+    for use_graphs in (False, True):
+        model = tiny_model().cuda()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        scheduler = linear_warmup_decay(optimizer, 2, 10)
+        scaler = torch.amp.GradScaler("cuda", enabled=False)
+        flags = argparse.Namespace(compile=False, cuda_graphs=use_graphs)
+        graphs = graphed_gradients(model, flags, cuda, "fp32", 1)
+        assert (graphs is not None) == use_graphs
+        losses = [train_step(model, micro(step), optimizer, scheduler, scaler, cuda, "fp32", 1.0, graphs=graphs)[0]
+                  for step in STEPS]
+        runs[use_graphs] = model, torch.stack(losses)
+    (eager, eager_losses), (graphed, graphed_losses) = runs[False], runs[True]
+    torch.testing.assert_close(graphed_losses, eager_losses, rtol=1e-5, atol=0)
+    worst = max((q - p).abs().max().item() for p, q in zip(eager.parameters(), graphed.parameters()))
+    print(f"largest weight difference after {len(STEPS)} steps: {worst:.2e}")
+    assert worst < 1e-5
+
+
+@gpu
+def test_each_replay_draws_new_dropout():
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering(BertConfig(**dict(TINY, hidden_dropout_prob=0.1,
+                                                       attention_probs_dropout_prob=0.1))).cuda()
+    graphs = GraphedGradients(model, "bf16")
+    batch = micro([(6, 24, 1, 1.0)])
+    losses = torch.stack([graphs(batch) for _ in range(3)]).tolist()
+    assert len(set(losses)) == 3, losses
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
