@@ -7,7 +7,8 @@ Full training steps (forward, backward, clipping, fused AdamW, schedule, zero_gr
 BERT (12 layers, hidden 768, 12 heads, 28,996 pieces; random weights) at global batch 32 in bf16:
   (a) minispan, exactly as train.py runs it: the batch plan of minispan.features.batch_indices (length-grouped),
       each step's batches made by training.step_batches (pinned memory, non-blocking copy) and run by
-      training.train_step, with the fit() loop's device-side running sums;
+      training.train_step with forward and backward replayed from CUDA graphs (training.graphed_gradients),
+      with the fit() loop's device-side running sums; `--configs a-eager` is the same without the graphs;
   (b) transformers.BertForQuestionAnswering (attn_implementation="sdpa") in the same loop, every feature padded
       to 384 tokens as transformers' run_qa.py pads them;
   (c) the same transformers model fed (a)'s length-grouped batches.

@@ -406,7 +406,7 @@ WIDTH_MULTIPLE = 8
 
 
 def batch_width(lengths, max_seq_length):
-    """The width a training batch is padded to: its longest feature, rounded up to a multiple of 8 (but
+    """The width a batch is padded to: its longest feature, rounded up to a multiple of 8 (but
     not past max_seq_length). Tensor cores like multiples of 8, and CUDA graphs record one graph per width:
     at most 48 of them for 384-token windows instead of one for every length."""
     longest = max(lengths)
@@ -414,7 +414,7 @@ def batch_width(lengths, max_seq_length):
 
 
 def training_batch(features, length, pad_token_id, device):
-    """A micro-batch padded to `length`, the longest feature of its GLOBAL batch, on the device.
+    """A micro-batch padded to `length`, the width of its GLOBAL batch (batch_width), on the device.
 
     The span loss's softmax runs over every position, padding included (as in BERT, which padded all
     features to max_seq_length), so a feature's loss depends on how far it is padded. Padding every
@@ -629,7 +629,10 @@ def predict(model, features, device, precision, batch_size=64, pad_token_id=0, p
     # would make the host wait for the GPU, batch after batch, instead of preparing the next one.
     outputs = []
     for indices in tqdm(batch_indices(lengths, batch_size), desc="predict", disable=not progress):
-        batch = make_batch([features[i] for i in indices], pad_token_id, pin_memory=device.type == "cuda")
+        # Rounded widths, as in training: a shape's first batch costs extra (cuDNN plans its attention).
+        width = batch_width([lengths[i] for i in indices], model.config.max_position_embeddings)
+        batch = make_batch([features[i] for i in indices], pad_token_id, pin_memory=device.type == "cuda",
+                           length=width)
         with autocast(device, precision):
             out = model(**to_device(batch, device))
         outputs.append((indices, out.start_logits.float(), out.end_logits.float()))
