@@ -48,8 +48,8 @@ from minispan.files import write_json  # noqa: E402
 from minispan.model import BertForQuestionAnswering  # noqa: E402
 from minispan.squad import read_squad  # noqa: E402
 from minispan.tokenizer import load_tokenizer  # noqa: E402
-from minispan.training import (autocast, batch_width, demo_tokenizer, dev_dataset, evaluate,  # noqa: E402
-                               resolve_device, resolve_precision, training_batch)
+from minispan.training import (autocast, demo_tokenizer, dev_dataset, evaluate, resolve_device,  # noqa: E402
+                               resolve_precision, step_batches)
 from minispan.weights import load_model, save_model  # noqa: E402
 from common import DEV_HALF, minilm_dir  # noqa: E402  (bench/common.py, beside this script)
 
@@ -189,8 +189,8 @@ def transformers_finetune(model_dir, train_file, dev_file, recipe, device, preci
     loop_start = time.perf_counter()
     model.train()
     for step, indices in enumerate(plan):
-        width = batch_width([lengths[i] for i in indices], recipe["max_seq_length"])  # as train.py pads
-        batch = training_batch([features[i] for i in indices], width, tokenizer.pad_token_id, device)
+        (batch, _), = step_batches(features, indices, 0, 1, recipe["batch_size"], tokenizer.pad_token_id, device,
+                                   recipe["max_seq_length"])  # as train.py pads and copies them
         with autocast(device, precision):
             loss = model(**batch).loss
         loss.backward()

@@ -12,8 +12,9 @@ from minispan.config import BertConfig
 from minispan.cuda_graphs import GraphedGradients
 from minispan.features import Feature
 from minispan.model import BertForQuestionAnswering
+from minispan.files import write_json
 from minispan.training import (accumulate_gradients, batch_width, graphed_gradients, linear_warmup_decay,
-                               parse_args, step_batches, train_step)
+                               parse_args, predict, step_batches, train_step)
 from test_training import TINY, tiny_batch, tiny_model
 
 CPU = torch.device("cpu")
@@ -61,6 +62,24 @@ def test_which_runs_replay_cuda_graphs(monkeypatch):
 def test_cuda_graphs_flag(tmp_path):
     assert parse_args(["--demo"]).cuda_graphs is True
     assert parse_args(["--demo", "--no-cuda-graphs"]).cuda_graphs is False
+    # A run saved before the flag existed resumes with graphs; --resume may turn them off (speed, not results).
+    saved = vars(parse_args(["--demo", "--output-dir", str(tmp_path)]))
+    del saved["cuda_graphs"]
+    write_json(tmp_path / "run_config.json", {"args": saved})
+    assert parse_args(["--resume", str(tmp_path)]).cuda_graphs is True
+    assert parse_args(["--resume", str(tmp_path), "--no-cuda-graphs"]).cuda_graphs is False
+
+
+def test_predict_pads_to_the_batch_width():
+    """Prediction rounds its widths as training does: fewer shapes for cuDNN to plan (bench/README.md)."""
+    model = tiny_model()
+    widths = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[1]),
+                                    with_kwargs=True)
+    features = [Feature(0, [5] * n, [0] * n, [None] * n, [False] * n) for n in (9, 13, 5, 24)]
+    start_logits, _ = predict(model, features, CPU, "fp32", batch_size=2)
+    assert widths == [24, 16]  # longest first: (24, 13) -> 24; (9, 5) -> 9, rounded up to 16
+    assert [len(s) for s in start_logits] == [9, 13, 5, 24]  # each feature's own, unpadded
 
 
 def on_gpu(micro_batches):
