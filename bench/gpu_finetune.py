@@ -71,6 +71,7 @@ def parse_args(argv=None):
     p.add_argument("--model", default=str(SHARED / "minilm-bf16"), help="the model directory --prepare wrote")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default=None, help="bf16 on GPUs that have it (train.py's default)")
+    p.add_argument("--compile", action="store_true", help="the minispan runs with train.py --compile")
     p.add_argument("--json", help="write every figure to this JSON file")
     p.add_argument("--tiny", action="store_true", help="a tiny random BERT on data/sample.json, CPU, seconds")
     return p.parse_args(argv)
@@ -212,13 +213,13 @@ def transformers_finetune(model_dir, train_file, dev_file, recipe, device, preci
 # ---------------------------------------------------------------------------------------------
 
 
-def loss_tracking(model, train_file, dev_file, recipe, device, work):
+def loss_tracking(model, train_file, dev_file, recipe, device, work, *extra):
     """Short minispan runs in bf16 and fp32 from the same weights, no dropout: their logged losses."""
     logs = {}
     for precision in ("bf16", "fp32"):
         short = dict(recipe, epochs=min(2, recipe["epochs"]), log_every=max(1, recipe["log_every"] // 2))
         _, logs[precision], _, _ = train_py(model, train_file, dev_file, work / f"loss-{precision}", short, device,
-                                            precision, "--limit", LOSS_TRACKING["limit"], "--dropout", 0)
+                                            precision, "--limit", LOSS_TRACKING["limit"], "--dropout", 0, *extra)
     pairs = [(b["step"], b["loss"], f["loss"]) for b, f in zip(logs["bf16"], logs["fp32"])]
     worst = max(abs(b - f) / abs(f) for _, b, f in pairs)
     return {"steps": [s for s, _, _ in pairs], "bf16": [b for _, b, _ in pairs], "fp32": [f for _, _, f in pairs],
@@ -249,11 +250,12 @@ def main(argv=None):
               f"train on {len(read_squad(train_file))} questions, score {len(read_squad(dev_file))}; recipe {recipe}",
               flush=True)
 
+        extra = ["--compile"] if args.compile else []
         ours, log, ours_s, command = train_py(model, train_file, dev_file, work / "minispan", recipe,
-                                              str(device), precision)
+                                              str(device), precision, *extra)
         print("minispan:", " ".join(command[1:]), flush=True)
         print(f"  {ours_s:.1f} s, F1 {ours['f1']:.2f}", flush=True)
-        tracking = loss_tracking(model, train_file, dev_file, recipe, str(device), work)
+        tracking = loss_tracking(model, train_file, dev_file, recipe, str(device), work, *extra)
         # Last: its tokenizer use would switch tokenizers' parallelism off in the train.py processes forked after.
         try:
             peer, peer_s, peer_loop_s, peer_loss = transformers_finetune(Path(model), train_file, dev_file, recipe,

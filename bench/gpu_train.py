@@ -8,7 +8,8 @@ BERT (12 layers, hidden 768, 12 heads, 28,996 pieces; random weights) at global 
   (a) minispan, exactly as train.py runs it: the batch plan of minispan.features.batch_indices (length-grouped),
       each step's batches made by training.step_batches (pinned memory, non-blocking copy) and run by
       training.train_step with forward and backward replayed from CUDA graphs (training.graphed_gradients),
-      with the fit() loop's device-side running sums; `--configs a-eager` is the same without the graphs;
+      with the fit() loop's device-side running sums; `--configs a-eager` is the same without the graphs,
+      `--configs a-compile` the same with each encoder layer torch.compiled (train.py --compile);
   (b) transformers.BertForQuestionAnswering (attn_implementation="sdpa") in the same loop, every feature padded
       to 384 tokens as transformers' run_qa.py pads them;
   (c) the same transformers model fed (a)'s length-grouped batches.
@@ -67,7 +68,7 @@ from minispan.model import BertForQuestionAnswering  # noqa: E402
 from minispan.postprocess import postprocess  # noqa: E402
 from minispan.squad import read_squad  # noqa: E402
 from minispan.tokenizer import load_tokenizer  # noqa: E402
-from minispan.training import (batch_width, compile_model, demo_tokenizer, graphed_gradients,  # noqa: E402
+from minispan.training import (batch_width, compile_layers, demo_tokenizer, graphed_gradients,  # noqa: E402
                                linear_warmup_decay, make_optimizer, predict, resolve_precision, step_batches,
                                train_step)
 
@@ -80,7 +81,7 @@ CONFIGS = {
     "b": "(b) transformers, padded to {max_seq_length}",
     "c": "(c) transformers, grouped",
     "a-eager": "(a) without CUDA graphs",
-    "a-compile": "(a) + torch.compile",
+    "a-compile": "(a) + compiled layers",
 }
 
 
@@ -189,25 +190,50 @@ def profile_step(step, batch, device):
     return summarize_profile(prof.key_averages(), cuda)
 
 
+# Kernel classes, from words in kernel names (lower case; the first class that matches wins). They say where a
+# GPU-bound step spends its time: matrix products and attention are the useful work; the rest is what fusing
+# (torch.compile) or fewer operations can shrink. On the CPU (--tiny) the aten operations' names are matched.
+KERNEL_CLASSES = [
+    ("attention", ("attention", "fmha", "flash", "sdpa")),
+    ("compiled (triton)", ("triton",)),  # before the words below: inductor names kernels by what they fuse
+    ("layer norm", ("layer_norm", "gammabeta")),
+    ("optimizer, foreach", ("multi_tensor", "adam", "foreach", "lpnorm")),
+    ("matrix products", ("gemm", "xmma", "nvjet", "cutlass", "aten::mm", "aten::addmm", "aten::bmm")),
+    ("memory copies", ("memcpy", "memset")),
+    ("elementwise", ("elementwise", "dropout", "gelu", "copy", "cat", "add", "mul")),
+]
+
+
+def kernel_class(name):
+    name = name.lower()
+    return next((cls for cls, words in KERNEL_CLASSES if any(word in name for word in words)), "other")
+
+
 def summarize_profile(events, cuda):
-    """Kernels (and memory copies) launched, their summed time and the attention kernels' names, from the
-    profiler's key_averages(). On the CPU (--tiny) the aten operations stand in for the kernels, so that
-    this code runs in the tests."""
+    """Kernels (and memory copies) launched, their summed time, that time by kernel class (KERNEL_CLASSES),
+    the kernels that took longest and the attention kernels' names, from the profiler's key_averages(). On
+    the CPU (--tiny) the aten operations stand in for the kernels, so that this code runs in the tests."""
     from torch.autograd import DeviceType
 
     if cuda:
         # The GPU-side copies of named ranges (record_function: "Optimizer.step#AdamW.step", a compiled
         # region) span the kernels inside them: counting them would count those kernels twice.
         cpu_keys = {e.key for e in events if e.device_type == DeviceType.CPU}
-        kernels = [e for e in events if e.device_type == DeviceType.CUDA and e.key not in cpu_keys
-                   and not getattr(e, "is_user_annotation", False)]
-        busy_us = sum(e.self_device_time_total for e in kernels)
+        kernels = [(e, e.self_device_time_total) for e in events if e.device_type == DeviceType.CUDA
+                   and e.key not in cpu_keys and not getattr(e, "is_user_annotation", False)]
     else:
-        kernels = [e for e in events if e.key.startswith("aten::")]
-        busy_us = sum(e.self_cpu_time_total for e in kernels)
-    attention = sorted({e.key for e in kernels
-                        if any(word in e.key.lower() for word in ("attention", "fmha", "flash", "cudnn"))})
-    return {"kernels": sum(e.count for e in kernels), "busy_ms": busy_us / 1000, "attention_kernels": attention}
+        kernels = [(e, e.self_cpu_time_total) for e in events if e.key.startswith("aten::")]
+    classes = {}
+    for e, us in kernels:
+        cls = classes.setdefault(kernel_class(e.key), {"kernels": 0, "ms": 0.0})
+        cls["kernels"] += e.count
+        cls["ms"] += us / 1000
+    longest = sorted(kernels, key=lambda kernel: -kernel[1])[:10]
+    attention = sorted({e.key for e, _ in kernels if kernel_class(e.key) == "attention"})
+    return {"kernels": sum(e.count for e, _ in kernels), "busy_ms": sum(us for _, us in kernels) / 1000,
+            "classes": dict(sorted(classes.items(), key=lambda item: -item[1]["ms"])),
+            "longest": [{"kernel": e.key[:160], "count": e.count, "ms": us / 1000} for e, us in longest],
+            "attention_kernels": attention}
 
 
 def measured_peak_tflops(device):
@@ -297,7 +323,8 @@ def make_step(model, features, pad_token_id, args, device, precision, pad_to=Non
     optimizer = make_optimizer(model, 2e-5, 0.01, device)
     scheduler = linear_warmup_decay(optimizer, math.ceil(0.1 * total_steps), total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    trained = compile_model(model) if compile else model
+    if compile:
+        compile_layers(model)
     flags = argparse.Namespace(compile=compile, cuda_graphs=cuda_graphs)
     graphs = graphed_gradients(model, flags, device, precision, world_size=1)
     totals = torch.zeros(3, device=device)  # fit()'s running loss, features seen, non-finite steps
@@ -305,7 +332,7 @@ def make_step(model, features, pad_token_id, args, device, precision, pad_to=Non
     def step(indices):
         batches = step_batches(features, indices, 0, 1, args.batch_size, pad_token_id, device,
                                args.max_seq_length, width=pad_to)
-        loss, grad_norm = train_step(trained, batches, optimizer, scheduler, scaler, device, precision, 1.0,
+        loss, grad_norm = train_step(model, batches, optimizer, scheduler, scaler, device, precision, 1.0,
                                      graphs=graphs)
         totals[0] += loss
         totals[1] += len(indices)
@@ -319,7 +346,7 @@ def run_config(name, config, features, warmup, timed, pad_token_id, args, device
     model = (transformers_model(config) if name in ("b", "c") else minispan_model(config)).to(device)
     step, totals = make_step(model, features, pad_token_id, args, device, precision,
                              pad_to=args.max_seq_length if name == "b" else None, compile=name == "a-compile",
-                             cuda_graphs=name == "a")
+                             cuda_graphs=name in ("a", "a-compile"))
     lengths = [len(f.input_ids) for f in features]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -443,7 +470,8 @@ def print_table(results, args):
               f"{run['real_tokens_per_s']:12.0f}{run['tflops']:9.1f}{mfu:>7}{run['projected_2_epochs_s'] / 60:8.1f} m")
     profiled = [(run["config"], run["profile"]) for run in results["configs"].values() if "profile" in run]
     if profiled:
-        print("one median step, profiled: kernels launched, and their summed time against the step's")
+        print("one median step, profiled: kernels launched, and their summed time against the step's; "
+              "then that time by kernel class (kernels)")
     for config, prof in profiled:
         if "error" in prof:
             print(f"  {config:32}failed: {prof['error'][:80]}")
@@ -451,6 +479,7 @@ def print_table(results, args):
         attention = ", ".join(name[:40] for name in prof["attention_kernels"][:3]) or "-"  # all in the JSON
         print(f"  {config:32}{prof['kernels']:6d} kernels, busy {prof['busy_ms']:6.1f} of {prof['step_ms']:6.1f} ms "
               f"({prof['busy_ms'] / prof['step_ms']:.0%}); attention: {attention}")
+        print(" " * 34 + "; ".join(f"{cls} {c['ms']:.1f} ms ({c['kernels']})" for cls, c in prof["classes"].items()))
     ratios = [f"{r} {results[r]:.2f}x" for r in ("a/b", "a/c") if r in results]
     if ratios:
         print("features/s ratios: " + ", ".join(ratios))

@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# Everything issue #6 measures on a GPU, in one device call (bench/README.md has the figures).
+# Everything issue #6 measures on a GPU, in two device calls (bench/README.md has the figures).
 #
 #   here, once:   python bench/gpu_finetune.py --prepare     # writes bench/_shared/ (git-ignored, ~46 MiB)
-#   device call:  run(command="bash bench/run_gpu.sh", carry=["bench/_shared"], timeout_s=600)
+#   device calls: run(command="bash bench/run_gpu.sh speed", carry=["bench/_shared"], timeout_s=540)
+#                 run(command="bash bench/run_gpu.sh finetune", carry=["bench/_shared"], timeout_s=360)
 #
-# About 4 minutes on an H100; at most 7 (the sum of the timeouts). Each benchmark has its own timeout, so a
-# hang costs that one alone. Logs and JSON results go to $OUT, which the device call brings back
-# (/tmp/minispan-gpu-bench when run by hand).
-# BENCH_ARGS is added to every benchmark's flags: BENCH_ARGS=--tiny rehearses the whole script on a CPU.
+# speed:    the GPU tests, then (a), (b), (c) for the goal table, then (a) against (a) with compiled layers
+#           (train.py --compile) in one process. About 5 minutes; at most 8.5 (the sum of its timeouts).
+# finetune: the MiniLM fine-tune, minispan's runs with --compile (the default path was measured in session
+#           10). About 4 minutes; at most 5.
+# Each benchmark has its own timeout, so a hang costs that one alone. Logs and JSON results go to $OUT, which
+# the device call brings back (/tmp/minispan-gpu-bench when run by hand).
+# BENCH_ARGS is added to every benchmark's flags: BENCH_ARGS=--tiny rehearses the script on a CPU.
 set -u -o pipefail
+PART=${1:-}
+case "$PART" in
+    speed|finetune) ;;
+    *) echo "usage: bash bench/run_gpu.sh speed|finetune" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/minispan-gpu-bench}
 SHARED=bench/_shared
@@ -41,16 +50,22 @@ bench() {  # bench SECONDS NAME ARGS...: one benchmark, its log and exit status
     [ "$rc" -eq 0 ] || { echo "== $name exited with $rc"; status=1; }
 }
 
-# The tests that need a GPU: CUDA graphs against the eager step (they skip on the CPU).
-echo "== tests/test_cuda_graphs.py ($(date -u +%T))"
-timeout 60 python3 -m pytest -q -s -p no:cacheprovider tests/test_cuda_graphs.py 2>&1 | tee "$OUT/tests.log" \
-    || { echo "== tests exited with $?"; status=1; }
-# (a) minispan, with and without CUDA graphs, (b) transformers padded to 384, (c) transformers on (a)'s
-# batches; dev prediction speed.
-bench 150 gpu_train bench/gpu_train.py --configs a,a-eager,b,c --data "$SHARED/squad2-dev-half.json" \
-    --vocab "$SHARED/minilm-bf16" --json "$OUT/gpu_train.json"
-# MiniLM fine-tune: train.py against transformers' model, 12 articles / 4 held out; bf16 against fp32.
-bench 200 gpu_finetune bench/gpu_finetune.py --data "$SHARED/squad2-dev-half.json" --model "$SHARED/minilm-bf16" \
-    --json "$OUT/gpu_finetune.json"
-# Not run: --configs a-compile. On an H200 (torch 2.11) compiling did not finish within 150 s (bench/README.md).
+if [ "$PART" = speed ]; then
+    # The tests that need a GPU: CUDA graphs against the eager step, also of compiled layers (they skip on
+    # the CPU).
+    echo "== tests/test_cuda_graphs.py ($(date -u +%T))"
+    timeout 150 python3 -m pytest -q -s -p no:cacheprovider tests/test_cuda_graphs.py 2>&1 | tee "$OUT/tests.log" \
+        || { echo "== tests exited with $?"; status=1; }
+    # (a) minispan, (b) transformers padded to 384, (c) transformers on (a)'s batches; dev prediction speed.
+    bench 150 gpu_train bench/gpu_train.py --configs a,b,c --data "$SHARED/squad2-dev-half.json" \
+        --vocab "$SHARED/minilm-bf16" --json "$OUT/gpu_train.json"
+    # (a) against (a) with each encoder layer torch.compiled, in one process; warm-up includes the compile.
+    bench 210 gpu_train_compile bench/gpu_train.py --configs a,a-compile --predict-copies 0 \
+        --data "$SHARED/squad2-dev-half.json" --vocab "$SHARED/minilm-bf16" --json "$OUT/gpu_train_compile.json"
+else
+    # MiniLM fine-tune: train.py --compile against transformers' model, 12 articles / 4 held out; bf16
+    # against fp32.
+    bench 300 gpu_finetune bench/gpu_finetune.py --compile --data "$SHARED/squad2-dev-half.json" \
+        --model "$SHARED/minilm-bf16" --json "$OUT/gpu_finetune.json"
+fi
 exit $status

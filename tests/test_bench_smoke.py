@@ -87,7 +87,26 @@ def test_profile_summary_counts_each_kernel_once():
               event("Optimizer.step#AdamW.step", DeviceType.CUDA, us=500.0),  # spans the AdamW kernels
               event("## forward ##", DeviceType.CUDA, us=900.0, annotation=True)]
     summary = gpu_train.summarize_profile(events, cuda=True)
-    assert summary == {"kernels": 3, "busy_ms": 0.15, "attention_kernels": ["fmha_cutlassF_bf16_aligned_64x64"]}
+    assert summary["kernels"] == 3 and summary["busy_ms"] == 0.15
+    assert summary["attention_kernels"] == ["fmha_cutlassF_bf16_aligned_64x64"]
+    assert summary["classes"] == {"matrix products": {"kernels": 2, "ms": 0.1}, "attention": {"kernels": 1, "ms": 0.05}}
+    assert [k["kernel"] for k in summary["longest"]] == ["sm90_xmma_gemm_bf16", "fmha_cutlassF_bf16_aligned_64x64"]
+
+
+def test_kernel_classes():
+    """Kernel names as an H200's profile shows them (torch 2.11), and inductor's."""
+    names = {"cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x64": "attention",
+             "nvjet_tst_128x256_64x4_1x2_h_bz_coopA_TNN": "matrix products",
+             "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64": "matrix products",
+             "void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<float, float>": "layer norm",
+             "void at::native::(anonymous namespace)::GammaBetaBackwardCUDAKernel<float, float>": "layer norm",
+             "void at::native::multi_tensor_apply_kernel<at::native::FusedAdamMathFunctor<float, 4>>": "optimizer, foreach",
+             "void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl>": "elementwise",
+             "void at::native::fused_dropout_kernel_vec<c10::BFloat16, float, unsigned int, 1, 4, bool>": "elementwise",
+             "triton_per_fused__to_copy_add_native_dropout_native_layer_norm_3": "compiled (triton)",
+             "Memcpy HtoD (Pinned -> Device)": "memory copies",
+             "void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float>>": "other"}
+    assert {name: gpu_train.kernel_class(name) for name in names} == names
 
 
 def run_script(*args):

@@ -13,8 +13,8 @@ from minispan.cuda_graphs import GraphedGradients
 from minispan.features import Feature
 from minispan.model import BertForQuestionAnswering
 from minispan.files import write_json
-from minispan.training import (accumulate_gradients, batch_width, graphed_gradients, linear_warmup_decay,
-                               parse_args, predict, step_batches, train_step)
+from minispan.training import (accumulate_gradients, batch_width, compile_layers, graphed_gradients,
+                               linear_warmup_decay, parse_args, predict, step_batches, train_step)
 from test_training import TINY, tiny_batch, tiny_model
 
 CPU = torch.device("cpu")
@@ -43,20 +43,21 @@ def test_step_batches_pad_to_the_batch_width():
 
 
 def test_which_runs_replay_cuda_graphs(monkeypatch):
-    """One GPU, bf16 or fp32, no torch.compile, no torchrun, not --no-cuda-graphs: graphs. Else eager."""
+    """One GPU, bf16 or fp32, no torchrun, not --no-cuda-graphs: graphs (of the compiled layers with
+    --compile). Else eager."""
     made = []
     monkeypatch.setattr("minispan.training.GraphedGradients", lambda model, precision: made.append(precision))
     cuda = torch.device("cuda", 0)
     flags = argparse.Namespace(compile=False, cuda_graphs=True)
     graphed_gradients(None, flags, cuda, "bf16", 1)
     graphed_gradients(None, flags, cuda, "fp32", 1)
-    assert made == ["bf16", "fp32"]
+    graphed_gradients(None, argparse.Namespace(compile=True, cuda_graphs=True), cuda, "bf16", 1)
+    assert made == ["bf16", "fp32", "bf16"]
     assert graphed_gradients(None, flags, CPU, "fp32", 1) is None
     assert graphed_gradients(None, flags, cuda, "fp16", 1) is None  # the GradScaler
     assert graphed_gradients(None, flags, cuda, "bf16", 2) is None  # DistributedDataParallel
-    assert graphed_gradients(None, argparse.Namespace(compile=True, cuda_graphs=True), cuda, "bf16", 1) is None
     assert graphed_gradients(None, argparse.Namespace(compile=False, cuda_graphs=False), cuda, "bf16", 1) is None
-    assert len(made) == 2
+    assert len(made) == 3
 
 
 def test_cuda_graphs_flag(tmp_path):
@@ -100,10 +101,14 @@ def micro(step):
 
 
 @gpu
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_graphed_gradients_equal_eager_ones(precision):
-    """Loss and every gradient of GraphedGradients against accumulate_gradients, step by step."""
+@pytest.mark.parametrize("precision, compiled", [("fp32", False), ("bf16", False), ("bf16", True)])
+def test_graphed_gradients_equal_eager_ones(precision, compiled):
+    """Loss and every gradient of GraphedGradients against accumulate_gradients, step by step. `compiled`:
+    both models' layers torch.compiled (--compile), so the graphs record and replay inductor's kernels."""
     eager, graphed = tiny_model().cuda(), tiny_model().cuda()
+    if compiled:
+        torch._dynamo.reset()
+        compile_layers(eager), compile_layers(graphed)
     graphs = GraphedGradients(graphed, precision)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     tolerance = TOLERANCE[precision]
@@ -150,10 +155,15 @@ def test_graphed_training_steps_equal_eager_ones():
 
 
 @gpu
-def test_each_replay_draws_new_dropout():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_each_replay_draws_new_dropout(compiled):
+    """Also with --compile, whose dropout is inductor's own random numbers, seeded inside the graph."""
     torch.manual_seed(0)
     model = BertForQuestionAnswering(BertConfig(**dict(TINY, hidden_dropout_prob=0.1,
                                                        attention_probs_dropout_prob=0.1))).cuda()
+    if compiled:
+        torch._dynamo.reset()
+        compile_layers(model)
     graphs = GraphedGradients(model, "bf16")
     batch = micro([(6, 24, 1, 1.0)])
     losses = torch.stack([graphs(batch) for _ in range(3)]).tolist()
