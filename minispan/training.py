@@ -323,7 +323,7 @@ def compile_layers(model, backend="inductor"):
     stay cuBLAS's and cuDNN's).
     Why the layers and not the model: the 12 layers run the same code, and their parameters are inputs of
     the compiled graph rather than constants, so one layer is traced and compiled once and all 12 reuse it.
-    The whole model would be traced unrolled, 12 times the work: on an H200 it had not finished after 150 s.
+    The whole model would be traced unrolled, about 12 times the work: on an H200 it had not finished after 150 s.
     dynamic=True compiles once with the shapes as symbols for every batch width (by default torch compiles
     for the first shape, then again for each dimension that changes). A batch of a single feature still
     compiles once more (torch treats a dimension of size 1 apart), and so does evaluation (no dropout).
