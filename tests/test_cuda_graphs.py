@@ -104,11 +104,13 @@ def micro(step):
 @pytest.mark.parametrize("precision, compiled", [("fp32", False), ("bf16", False), ("bf16", True)])
 def test_graphed_gradients_equal_eager_ones(precision, compiled):
     """Loss and every gradient of GraphedGradients against accumulate_gradients, step by step. `compiled`:
-    both models' layers torch.compiled (--compile), so the graphs record and replay inductor's kernels."""
+    the graphed model's layers torch.compiled (--compile), so the graphs record and replay inductor's kernels,
+    against the plain eager model: this checks the compiled layers too (on the CPU, inductor's kernels against
+    eager: 1.4e-4 in bf16, 1.7e-6 in fp32, by this measure)."""
     eager, graphed = tiny_model().cuda(), tiny_model().cuda()
     if compiled:
         torch._dynamo.reset()
-        compile_layers(eager), compile_layers(graphed)
+        compile_layers(graphed)
     graphs = GraphedGradients(graphed, precision)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     tolerance = TOLERANCE[precision]
