@@ -223,17 +223,19 @@ def summarize_profile(events, cuda):
                    and e.key not in cpu_keys and not getattr(e, "is_user_annotation", False)]
     else:
         kernels = [(e, e.self_cpu_time_total) for e in events if e.key.startswith("aten::")]
-    classes = {}
+    classes, attention = {}, set()
     for e, us in kernels:
-        cls = classes.setdefault(kernel_class(e.key), {"kernels": 0, "ms": 0.0})
-        cls["kernels"] += e.count
-        cls["ms"] += us / 1000
+        name = kernel_class(e.key)
+        totals = classes.setdefault(name, {"kernels": 0, "ms": 0.0})
+        totals["kernels"] += e.count
+        totals["ms"] += us / 1000
+        if name == "attention":
+            attention.add(e.key)
     longest = sorted(kernels, key=lambda kernel: -kernel[1])[:10]
-    attention = sorted({e.key for e, _ in kernels if kernel_class(e.key) == "attention"})
     return {"kernels": sum(e.count for e, _ in kernels), "busy_ms": sum(us for _, us in kernels) / 1000,
             "classes": dict(sorted(classes.items(), key=lambda item: -item[1]["ms"])),
             "longest": [{"kernel": e.key[:160], "count": e.count, "ms": us / 1000} for e, us in longest],
-            "attention_kernels": attention}
+            "attention_kernels": sorted(attention)}
 
 
 def measured_peak_tflops(device):
@@ -325,8 +327,7 @@ def make_step(model, features, pad_token_id, args, device, precision, pad_to=Non
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     if compile:
         compile_layers(model)
-    flags = argparse.Namespace(compile=compile, cuda_graphs=cuda_graphs)
-    graphs = graphed_gradients(model, flags, device, precision, world_size=1)
+    graphs = graphed_gradients(model, cuda_graphs, device, precision, world_size=1)
     totals = torch.zeros(3, device=device)  # fit()'s running loss, features seen, non-finite steps
 
     def step(indices):

@@ -348,12 +348,12 @@ def micro_batches(global_batch, rank, world_size, per_device_batch_size):
     return [(chunk, len(chunk) * world_size / len(global_batch)) for chunk in chunks]
 
 
-def graphed_gradients(model, args, device, precision, world_size):
+def graphed_gradients(model, cuda_graphs, device, precision, world_size):
     """The CUDA graphs that replay forward and backward (minispan/cuda_graphs.py), or None to run eagerly:
-    on CPU, with --no-cuda-graphs, fp16 (the loss scaler) or torchrun (DistributedDataParallel's all-reduce
-    hooks). With --compile they replay the compiled layers' kernels."""
+    on CPU, with --no-cuda-graphs (cuda_graphs False), fp16 (the loss scaler) or torchrun
+    (DistributedDataParallel's all-reduce hooks). With --compile they replay the compiled layers' kernels."""
     usable = device.type == "cuda" and precision != "fp16" and world_size == 1
-    return GraphedGradients(model, precision) if usable and args.cuda_graphs else None
+    return GraphedGradients(model, precision) if usable and cuda_graphs else None
 
 
 def train_step(model, batches, optimizer, scheduler, scaler, device, precision, max_grad_norm, no_sync=None,
@@ -791,7 +791,7 @@ def fit(model, features, pad_token_id, args, checkpoint, device, precision, rank
     if world_size > 1:
         device_ids = [device.index] if device.type == "cuda" else None
         trained = ddp = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    graphs = graphed_gradients(model, args, device, precision, world_size)
+    graphs = graphed_gradients(model, args.cuda_graphs, device, precision, world_size)
     if graphs is not None and is_main:
         logger.info("replaying forward and backward from CUDA graphs (one per batch width; --no-cuda-graphs: off)")
 

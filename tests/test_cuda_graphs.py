@@ -3,7 +3,6 @@
 The graphs themselves need a CUDA GPU: those tests skip without one (bench/run_gpu.sh runs them on the GPU
 machine). Which runs use graphs, and the widths, are checked everywhere.
 """
-import argparse
 
 import pytest
 import torch
@@ -48,16 +47,14 @@ def test_which_runs_replay_cuda_graphs(monkeypatch):
     made = []
     monkeypatch.setattr("minispan.training.GraphedGradients", lambda model, precision: made.append(precision))
     cuda = torch.device("cuda", 0)
-    flags = argparse.Namespace(compile=False, cuda_graphs=True)
-    graphed_gradients(None, flags, cuda, "bf16", 1)
-    graphed_gradients(None, flags, cuda, "fp32", 1)
-    graphed_gradients(None, argparse.Namespace(compile=True, cuda_graphs=True), cuda, "bf16", 1)
-    assert made == ["bf16", "fp32", "bf16"]
-    assert graphed_gradients(None, flags, CPU, "fp32", 1) is None
-    assert graphed_gradients(None, flags, cuda, "fp16", 1) is None  # the GradScaler
-    assert graphed_gradients(None, flags, cuda, "bf16", 2) is None  # DistributedDataParallel
-    assert graphed_gradients(None, argparse.Namespace(compile=False, cuda_graphs=False), cuda, "bf16", 1) is None
-    assert len(made) == 3
+    graphed_gradients(None, True, cuda, "bf16", 1)
+    graphed_gradients(None, True, cuda, "fp32", 1)
+    assert made == ["bf16", "fp32"]
+    assert graphed_gradients(None, True, CPU, "fp32", 1) is None
+    assert graphed_gradients(None, True, cuda, "fp16", 1) is None  # the GradScaler
+    assert graphed_gradients(None, True, cuda, "bf16", 2) is None  # DistributedDataParallel
+    assert graphed_gradients(None, False, cuda, "bf16", 1) is None  # --no-cuda-graphs
+    assert len(made) == 2
 
 
 def test_cuda_graphs_flag(tmp_path):
@@ -143,8 +140,7 @@ def test_graphed_training_steps_equal_eager_ones():
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         scheduler = linear_warmup_decay(optimizer, 2, 10)
         scaler = torch.amp.GradScaler("cuda", enabled=False)
-        flags = argparse.Namespace(compile=False, cuda_graphs=use_graphs)
-        graphs = graphed_gradients(model, flags, cuda, "fp32", 1)
+        graphs = graphed_gradients(model, use_graphs, cuda, "fp32", 1)
         assert (graphs is not None) == use_graphs
         losses = [train_step(model, micro(step), optimizer, scheduler, scaler, cuda, "fp32", 1.0, graphs=graphs)[0]
                   for step in STEPS]

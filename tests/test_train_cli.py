@@ -208,3 +208,24 @@ def test_bad_input_is_one_clear_line_and_overwrites_nothing(tmp_path, sample_pat
         assert result.stderr.strip().splitlines() == ["error: --device cuda: no CUDA GPU is available to this "
                                                       f"torch ({torch.__version__}); use --device cpu"]
         assert not out.exists()
+
+
+def test_compile_flag_compiles_the_layers_of_the_trained_model(tmp_path, monkeypatch):
+    """train.py --compile hands the model it trains to compile_layers, before training. Dynamo's own
+    "eager" backend stands in for inductor (test_training.py runs inductor itself): it traces, not compiles."""
+    from minispan import training
+
+    compiled, compile_layers = [], training.compile_layers
+
+    def spy(model):
+        compiled.append(model)
+        compile_layers(model, backend="eager")
+
+    monkeypatch.setattr(training, "compile_layers", spy)
+    torch._dynamo.reset()
+    run_main("--demo", "--compile", "--epochs", "1", "--output-dir", tmp_path / "run")
+    model, = compiled
+    assert all(layer._compiled_call_impl is not None for layer in model.bert.encoder.layer)
+    assert (tmp_path / "run" / "eval_results.json").is_file()
+    run_main("--demo", "--epochs", "1", "--output-dir", tmp_path / "plain")
+    assert len(compiled) == 1  # without --compile: not called
