@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from minispan.files import atomic_write, read_json
+from minispan.squad import get_field
 
 ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 DROP_PUNCTUATION = str.maketrans("", "", string.punctuation)  # ASCII punctuation only, as the official script
@@ -86,11 +87,11 @@ def gold_answers(dataset):
         raise ValueError("expected a SQuAD dataset: a JSON object with a 'data' list of articles")
     gold = {}
     for a, article in enumerate(dataset):
-        for p, paragraph in enumerate(_field(article, "paragraphs", list, f"data[{a}]")):
-            for q, qa in enumerate(_field(paragraph, "qas", list, f"data[{a}].paragraphs[{p}]")):
-                qid = _field(qa, "id", str, f"data[{a}].paragraphs[{p}].qas[{q}]")
-                answers = _field(qa, "answers", list, f"question {qid!r}")
-                gold[qid] = [_field(ans, "text", str, f"question {qid!r}: answers[{i}]")
+        for p, paragraph in enumerate(get_field(article, "paragraphs", list, f"data[{a}]")):
+            for q, qa in enumerate(get_field(paragraph, "qas", list, f"data[{a}].paragraphs[{p}]")):
+                qid = get_field(qa, "id", str, f"data[{a}].paragraphs[{p}].qas[{q}]")
+                answers = get_field(qa, "answers", list, f"question {qid!r}")
+                gold[qid] = [get_field(ans, "text", str, f"question {qid!r}: answers[{i}]")
                              for i, ans in enumerate(answers)]
     if not gold:
         raise ValueError("the dataset has no questions")
@@ -271,16 +272,6 @@ def _plot_histogram(figure, values, path, name):
 def _save(fig, path):
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png")
-
-
-def _field(obj, key, kind, where):
-    if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    if key not in obj:
-        raise ValueError(f"{where}: missing field '{key}'")
-    if not isinstance(obj[key], kind):
-        raise ValueError(f"{where}: field '{key}' is {json.dumps(obj[key])[:40]}, expected a {kind.__name__}")
-    return obj[key]
 
 
 def _first(ids, n=5):

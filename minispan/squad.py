@@ -57,12 +57,12 @@ def read_squad(path, training=False):
     examples, seen = [], set()
     for a, article in enumerate(data):
         where = f"{path}: data[{a}]"
-        title = _get(article, "title", str, where, default="")
-        for p, paragraph in enumerate(_get(article, "paragraphs", list, where)):
+        title = get_field(article, "title", str, where, default="")
+        for p, paragraph in enumerate(get_field(article, "paragraphs", list, where)):
             where = f"{path}: data[{a}].paragraphs[{p}]"
-            context = _get(paragraph, "context", str, where)
-            for q, qa in enumerate(_get(paragraph, "qas", list, where)):
-                qid = _get(qa, "id", str, f"{where}.qas[{q}]")
+            context = get_field(paragraph, "context", str, where)
+            for q, qa in enumerate(get_field(paragraph, "qas", list, where)):
+                qid = get_field(qa, "id", str, f"{where}.qas[{q}]")
                 where_q = f"{path}: question {qid!r}"
                 if qid in seen:
                     raise SquadFormatError(f"{where_q}: duplicate id")
@@ -74,13 +74,13 @@ def read_squad(path, training=False):
 
 
 def _read_question(qa, qid, title, context, where, training):
-    question = _get(qa, "question", str, where)
+    question = get_field(qa, "question", str, where)
     # `answers` may be absent in a file made for prediction only (no gold answers).
-    raw_answers = _get(qa, "answers", list, where, default=[])
+    raw_answers = get_field(qa, "answers", list, where, default=[])
     answers = []
     for i, raw in enumerate(raw_answers):
-        text = _get(raw, "text", str, f"{where}: answers[{i}]")
-        start = _get(raw, "answer_start", int, f"{where}: answers[{i}]")
+        text = get_field(raw, "text", str, f"{where}: answers[{i}]")
+        start = get_field(raw, "answer_start", int, f"{where}: answers[{i}]")
         if not 0 <= start <= len(context) - len(text):
             problem = f"answer_start {start} is out of range for a context of {len(context)} characters"
         elif context[start:start + len(text)] != text:
@@ -93,7 +93,7 @@ def _read_question(qa, qid, title, context, where, training):
         if not training:
             answers.append(Answer(text, start))
 
-    is_impossible = _get(qa, "is_impossible", bool, where, default=not raw_answers)
+    is_impossible = get_field(qa, "is_impossible", bool, where, default=not raw_answers)
     if is_impossible and raw_answers:
         raise SquadFormatError(f"{where}: field 'is_impossible': true, but 'answers' is not empty")
     if training and not is_impossible and not answers:
@@ -106,8 +106,9 @@ def _read_question(qa, qid, title, context, where, training):
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list"}
 
 
-def _get(obj, key, kind, where, default=None):
-    """obj[key], checked to be of type `kind`; `default` (when given) stands in for a missing key."""
+def get_field(obj, key, kind, where, default=None):
+    """obj[key], checked to be of type `kind`; `default` (when given) stands in for a missing key.
+    `where` says where obj is in the file. The evaluation (metrics.py) checks its dataset with this too."""
     if not isinstance(obj, dict):
         raise SquadFormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     if key not in obj:

@@ -171,7 +171,7 @@ def test_bad_inputs_are_one_line_errors(preds, probs, message):
     ({"data": []}, "no questions"),
     ({"data": [{"paragraphs": [{"qas": [{"question": "?", "answers": []}]}]}]}, "qas[0]: missing field 'id'"),
     ({"data": [{"paragraphs": [{"qas": [{"id": "q", "answers": [{"text": 5}]}]}]}]},
-     "question 'q': answers[0]: field 'text' is 5, expected a str"),
+     "question 'q': answers[0]: field 'text': expected a string, got 5"),
 ])
 def test_bad_datasets_are_one_line_errors(data, message):
     with pytest.raises(ValueError) as info:
