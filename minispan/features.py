@@ -9,7 +9,8 @@ A window holds at most `max_seq_length - len(question) - 3` context tokens. The 
 context token, each next one starts `doc_stride` tokens after the previous one (the step, NOT the overlap),
 and the last one is the first window that reaches the end of the context.
 
-Windows overlap, so most tokens appear in two windows. Post-processing only lets an answer START at a token
+Windows overlap: in a context longer than one window, a token appears in up to about window / doc_stride
+windows (most SQuAD contexts fit in one). Post-processing only lets an answer START at a token
 in the window where that token has the most context around it ("max context"), so each span is scored once.
 """
 import random

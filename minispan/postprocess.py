@@ -64,9 +64,10 @@ def postprocess(
     """Returns (predictions, null_odds, nbest), dicts keyed by question id.
 
     start_logits / end_logits: one 1-D array (or tensor) per feature, in `features` order, of that feature's
-    length. nbest[qid] lists up to n_best_size distinct answers, best first, with the null answer "" always
-    included, each with `probability` (softmax over the listed scores), `start_logit`, `end_logit`, and for
-    spans the character offsets `start`, `end` in the context.
+    length. nbest[qid] lists up to n_best_size distinct answers, best first, and the null answer "" always:
+    after them when it ranks lower (n_best_size + 1 entries then). Each entry has `probability` (softmax
+    over the listed scores), `start_logit`, `end_logit`, and for spans the character offsets `start`, `end`
+    in the context.
     """
     if not (len(features) == len(start_logits) == len(end_logits)):
         raise ValueError(

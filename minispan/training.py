@@ -19,8 +19,9 @@ features_in_global_batch`: the accumulated gradient, after DistributedDataParall
 processes, is then exactly the mean over the global batch, so the result doesn't depend on P or on the
 micro-batch size (up to float rounding, and with --dropout 0 since every process draws its own dropout).
 
-On one GPU the step's forward and backward are recorded once per batch width as CUDA graphs and replayed
-(minispan/cuda_graphs.py): the same arithmetic, launched with one call instead of a thousand.
+On one GPU in bf16 or fp32 the step's forward and backward are recorded once per micro-batch shape as CUDA
+graphs and replayed (minispan/cuda_graphs.py): the same arithmetic, launched with one call instead of a
+thousand. (fp16, whose loss scaler the graphs do not handle, and torchrun run the step eagerly.)
 
 Only rank 0 writes files. Outputs in --output-dir:
     run_config.json                      the settings (what --resume continues)
@@ -72,7 +73,7 @@ DEFAULTS = dict(
     warmup_ratio=0.1, weight_decay=0.01, max_grad_norm=1.0, seed=42,
     save_every=1000, log_every=50, limit=None, device="auto", precision=None, dropout=None, cuda_graphs=True,
 )
-# A tiny random BERT learns the 45 hand-written questions by heart: it shows every stage working.
+# A tiny random BERT learns (nearly all of) the 45 hand-written questions: it shows every stage working.
 DEMO = dict(DEFAULTS, model=None, train_file=str(SAMPLE), dev_file=str(SAMPLE), output_dir="runs/demo",
             epochs=40, lr=3e-3, batch_size=8, max_seq_length=192, doc_stride=64, max_query_length=32,
             warmup_ratio=0.1, dropout=0.0, save_every=100, log_every=20, device="cpu")
@@ -128,7 +129,8 @@ def build_parser():
                    help="default: bf16 where the GPU supports it, else fp16 with loss scaling; fp32 on CPU")
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile each encoder layer (fused elementwise kernels): one compile of tens of "
-                        "seconds for every batch width, one more for evaluation")
+                        "seconds that serves every batch width (one more for a 1-feature batch, one for "
+                        "evaluation)")
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None,
                    help="on a GPU, launch the step's kernels one by one instead of replaying them from CUDA "
                         "graphs (slower; for debugging)")
@@ -417,8 +419,8 @@ WIDTH_MULTIPLE = 8
 
 def batch_width(lengths, max_seq_length):
     """The width a batch is padded to: its longest feature, rounded up to a multiple of 8 (but
-    not past max_seq_length). Tensor cores like multiples of 8, and CUDA graphs record one graph per width:
-    at most 48 of them for 384-token windows instead of one for every length."""
+    not past max_seq_length). Tensor cores like multiples of 8, and CUDA graphs record one graph per shape:
+    at most max_seq_length / 8 widths (64 for 512-token windows) instead of one for every length."""
     longest = max(lengths)
     return max(longest, min(-(-longest // WIDTH_MULTIPLE) * WIDTH_MULTIPLE, max_seq_length))
 
@@ -673,7 +675,8 @@ def evaluate(model, tokenizer, examples, data, args, device, precision, output_d
     metrics = squad_v2_metrics(data, best_spans, na_probs=null_odds, na_prob_thresh=0.0)
     if output_dir is not None:
         write_predictions(output_dir, predictions, null_odds)
-        # evaluate.py span_predictions.json DEV -n null_odds.json -t 0 gives eval_results.json again.
+        # evaluate.py span_predictions.json DEV -n null_odds.json -t 0 gives eval_results.json again
+        # (without --limit: `data` is then the whole dev file).
         write_json(Path(output_dir) / "span_predictions.json", best_spans)
         write_json(Path(output_dir) / "eval_results.json", metrics)
     return metrics
@@ -793,7 +796,7 @@ def fit(model, features, pad_token_id, args, checkpoint, device, precision, rank
         trained = ddp = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     graphs = graphed_gradients(model, args.cuda_graphs, device, precision, world_size)
     if graphs is not None and is_main:
-        logger.info("replaying forward and backward from CUDA graphs (one per batch width; --no-cuda-graphs: off)")
+        logger.info("replaying forward and backward from CUDA graphs (one per batch shape; --no-cuda-graphs: off)")
 
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=not is_main, dynamic_ncols=True)
     # Running sums stay on the device; they are read (a host sync) only at logging steps.

@@ -70,7 +70,7 @@ def test_committed_figures_are_small_pngs():
 
 def test_make_figures_script_runs(tmp_path):
     pytest.importorskip("matplotlib", reason="figures need the plot extra (matplotlib)")
-    # A 3-epoch demo instead of 30 (the committed figures come from the full one), on one thread:
+    # A 3-epoch demo instead of 40 (the committed figures come from the full one), on one thread:
     # tiny models gain nothing from more, and on a busy machine lose a lot.
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, str(DOCS / "make_figures.py"), "--out-dir", str(tmp_path), "--demo-epochs", "3"],
