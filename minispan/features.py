@@ -46,18 +46,20 @@ def max_context_masks(num_tokens, starts, max_window):
     """For each window, a boolean array over its tokens: is this the window where the token has most context?
 
     A token's score in a window is min(tokens left of it, tokens right of it) + 0.01 * window length; the
-    window with the highest score wins, the first one on ties. Computed for all windows at once.
+    window with the highest score wins, the first one on ties. One pass over the windows, keeping each
+    token's best score so far (memory grows with the context, not with windows x context).
     """
     lengths = np.minimum(max_window, num_tokens - np.asarray(starts))
     position = np.arange(num_tokens)
-    scores = np.full((len(starts), num_tokens), -np.inf)
+    best_score = np.full(num_tokens, -np.inf)
+    best_window = np.zeros(num_tokens, dtype=np.int64)
     for k, (start, length) in enumerate(zip(starts, lengths)):
         inside = position[start : start + length]
-        scores[k, start : start + length] = (
-            np.minimum(inside - start, start + length - 1 - inside) + 0.01 * length
-        )
-    best = scores.argmax(axis=0)  # argmax picks the first window on ties, as the original's strict ">" does
-    return [best[start : start + length] == k for k, (start, length) in enumerate(zip(starts, lengths))]
+        score = np.minimum(inside - start, start + length - 1 - inside) + 0.01 * length
+        better = score > best_score[start : start + length]  # strict: the first window keeps a tie, as in the original
+        best_score[start : start + length][better] = score[better]
+        best_window[start : start + length][better] = k
+    return [best_window[start : start + length] == k for k, (start, length) in enumerate(zip(starts, lengths))]
 
 
 def answer_token_span(token_starts, token_ends, answer_start, answer_end):
