@@ -47,6 +47,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -169,6 +170,9 @@ def parse_args(argv=None):
 
 
 def check_args(args):
+    for name in ("lr", "weight_decay", "max_grad_norm", "warmup_ratio"):  # argparse's float() takes nan and inf
+        if not math.isfinite(getattr(args, name)):
+            raise TrainingError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(args, name)}")
     positive = ("epochs", "lr", "batch_size", "max_seq_length", "doc_stride", "max_query_length", "log_every")
     for name in positive:
         if not getattr(args, name) > 0:
@@ -666,6 +670,9 @@ def evaluate(model, tokenizer, examples, data, args, device, precision, output_d
                               progress=progress)
     start_logits, end_logits = predict(model, features, device, precision, pad_token_id=tokenizer.pad_token_id,
                                        progress=progress)
+    if not all(np.isfinite(logits).all() for logits in start_logits + end_logits):
+        raise TrainingError("the model's outputs are not finite (NaN or inf): training diverged; see the loss in "
+                            "log.jsonl, and try a lower --lr")
     predictions, null_odds, nbest = postprocess(examples, features, start_logits, end_logits)
     # We score every question's best span with its null odds, cut by the metrics at threshold 0. The raw
     # EM/F1 are exactly those of predictions.json (already cut at 0), and the best_* search can also try
@@ -729,6 +736,11 @@ def train(args):
     if model.config.vocab_size < tokenizer.vocab_size:
         raise TrainingError(f"--model {args.model}: vocabulary of {tokenizer.vocab_size} tokens but the model "
                             f"has {model.config.vocab_size} embeddings")
+    positions = model.config.max_position_embeddings
+    if args.max_seq_length > positions:
+        raise TrainingError(f"--max-seq-length {args.max_seq_length}: the model "
+                            f"({'the demo' if args.demo else args.model}) has {positions} positions; use "
+                            f"--max-seq-length {positions} or less")
     if args.dropout is not None:
         set_dropout(model, args.dropout)
     model.to(device)  # the demo model: load_model built the others there
@@ -745,6 +757,10 @@ def train(args):
         out.mkdir(parents=True, exist_ok=True)
         tokenizer.save(out)  # first: run_config.json marks a run that --resume can continue
         saved_args = {name: value for name, value in vars(args).items() if name not in ("resume", "overwrite")}
+        # The files actually used, as absolute paths: a --resume from another directory reads the same ones.
+        saved_args.update(train_file=str(train_file.resolve()), dev_file=str(dev_file.resolve()))
+        if source is not None:
+            saved_args["model"] = str(source.resolve())
         write_json(out / "run_config.json", {"args": saved_args, "world_size": world_size, "precision": precision,
                                              "device": str(device)})
 

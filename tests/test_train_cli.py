@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,6 +82,22 @@ def test_demo_writes_a_loadable_model_and_the_official_metrics(tmp_path, sample_
     # Re-running the demo replaces the demo; anything else there is refused (see test_bad_input).
     run_main("--demo", "--epochs", "1", "--save-every", "0", "--output-dir", out)
     assert not (out / "checkpoints").exists()
+
+
+def test_a_run_resumes_from_any_working_directory(tmp_path, sample_path, monkeypatch, capsys):
+    """run_config.json keeps the files a run used as absolute paths, so that --resume from another working
+    directory reads the same ones (it stored them as given: "data/sample.json" was then looked up there)."""
+    first, elsewhere = tmp_path / "first", tmp_path / "elsewhere"
+    (first / "data").mkdir(parents=True)
+    elsewhere.mkdir()
+    shutil.copy(sample_path, first / "data" / "sample.json")
+    monkeypatch.chdir(first)
+    run_main("--demo", "--epochs", "1", "--train-file", "data/sample.json", "--dev-file", "data/sample.json",
+             "--output-dir", "run")
+    saved = json.loads((first / "run" / "run_config.json").read_text())["args"]
+    assert saved["train_file"] == saved["dev_file"] == str((first / "data" / "sample.json").resolve())
+    monkeypatch.chdir(elsewhere)
+    assert main(["--resume", str(first / "run")]) == 0, capsys.readouterr().err
 
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
@@ -186,6 +203,12 @@ def test_bad_input_is_one_clear_line_and_overwrites_nothing(tmp_path, sample_pat
           expect="--model spanbert-huge: not a directory, and not a known model")
     fails("--demo", "--model", "x", expect="takes no --model")
     fails("--demo", "--batch-size", "0", expect="--batch-size must be > 0")
+    for flag in ("--lr", "--weight-decay", "--max-grad-norm"):
+        for value in ("nan", "inf"):
+            fails("--demo", flag, value, expect=f"{flag} must be a finite number, got {value}")
+    # Checked before anything is written, not when the first long batch comes (the demo model has 256).
+    fails("--demo", "--max-seq-length", "300", "--output-dir", out,
+          expect="--max-seq-length 300: the model (the demo) has 256 positions; use --max-seq-length 256 or less")
     fails("--demo", "--batch-size", "8", "--per-device-batch-size", "3", expect="must be a multiple")
     fails("--resume", tmp_path, expect="no run_config.json")
     broken = tmp_path / "broken"
@@ -201,6 +224,11 @@ def test_bad_input_is_one_clear_line_and_overwrites_nothing(tmp_path, sample_pat
     (other / "model.safetensors").write_bytes(b"precious")
     fails("--demo", "--output-dir", other, expect="holds another run (run_config.json, model.safetensors)")
     assert (other / "model.safetensors").read_bytes() == b"precious"
+
+    # A run that diverges says so, instead of failing in the metrics on a NaN null odds.
+    assert main(["--demo", "--epochs", "1", "--lr", "1e10", "--output-dir", str(tmp_path / "diverged")]) == 2
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert last_line.startswith("error: the model's outputs are not finite (NaN or inf): training diverged")
 
     if not torch.cuda.is_available():
         result = train_py("--demo", "--device", "cuda", "--output-dir", out, check=False)
