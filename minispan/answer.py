@@ -36,6 +36,7 @@ from minispan.features import build_features, make_batch
 from minispan.postprocess import softmax
 from minispan.squad import Example
 from minispan.tokenizer import load_tokenizer
+from minispan.training import resolve_device
 from minispan.weights import load_model
 
 BATCH_SIZE = 32  # windows per forward pass, at most
@@ -246,21 +247,31 @@ def main(argv=None):
     parser.add_argument("--top-k", type=int, default=1, help="how many answers (default 1)")
     parser.add_argument("--handle-impossible-answer", action="store_true", help='allow the answer "" (no answer)')
     parser.add_argument("--max-answer-len", type=int, default=15, help="longest answer in tokens (default 15)")
-    parser.add_argument("--device", default=None, help="e.g. cpu or cuda (default: cpu)")
+    parser.add_argument("--max-seq-len", type=int,
+                        help="tokens per window (default 384, or the model's positions if fewer)")
+    parser.add_argument("--doc-stride", type=int,
+                        help="tokens shared by neighbouring windows (default the smaller of 128 and half of "
+                             "--max-seq-len)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: cpu)")
     args = parser.parse_args(argv)
 
     try:
         context = args.context
         if args.context_file is not None:
-            with open(args.context_file, encoding="utf-8") as f:
-                context = f.read()
-        qa = pipeline(args.model, device=args.device)
+            try:
+                with open(args.context_file, encoding="utf-8") as f:
+                    context = f.read()
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{args.context_file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        qa = pipeline(args.model, device=args.device and resolve_device(args.device))
         result = qa(
             question=args.question,
             context=context,
             top_k=args.top_k,
             handle_impossible_answer=args.handle_impossible_answer,
             max_answer_len=args.max_answer_len,
+            max_seq_len=args.max_seq_len,
+            doc_stride=args.doc_stride,
         )
     except (OSError, ValueError) as e:  # missing files, bad JSON or weights, bad input
         print(f"error: {e}", file=sys.stderr)

@@ -371,7 +371,7 @@ def main(argv=None):
             paths = [ensure_squad(split, args.dest or "data") for split in ("train", "dev")]
         else:
             paths = [ensure_spanbert(args.what, args.dest or "models", source=args.source)]
-    except (DownloadError, ValueError) as e:
+    except (DownloadError, ValueError, OSError) as e:  # OSError: a --dest it cannot create or write
         print(f"error: {e}", file=sys.stderr)
         return 2
     for path in paths:

@@ -13,6 +13,8 @@ import tempfile
 def atomic_write(path, mode="w", encoding="utf-8"):
     """Open a temporary file for writing; on success it replaces `path`, on error it is removed."""
     path = os.fspath(path)
+    if os.path.isdir(path):  # else the final rename fails, with an error naming the temporary file
+        raise IsADirectoryError(f"{path}: is a directory, expected a file name")
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")

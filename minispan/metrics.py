@@ -302,7 +302,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         evaluate(args, parser.prog)
-    except (UsageError, ImportError) as e:
+    except (UsageError, ImportError, OSError) as e:  # OSError: an --out-file or --out-image-dir it cannot write
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     return 0

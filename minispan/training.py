@@ -42,7 +42,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -482,7 +481,9 @@ def save_checkpoint(output_dir, step, model, optimizer, scheduler, scaler, devic
     checkpoints = Path(output_dir) / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
     final = checkpoints / f"step-{step}"
-    tmp = Path(tempfile.mkdtemp(dir=checkpoints, prefix=f".step-{step}."))
+    tmp = checkpoints / f".step-{step}.tmp"  # only rank 0 writes here: a fixed name cannot collide
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a crash mid-write
+    tmp.mkdir()  # with the usual permissions (mkdtemp's would be private)
     try:
         save_model(model, tmp)
         state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -877,6 +878,7 @@ def log(record, log_file, bar, precision):
 
 
 def main(argv=None):
+    args = None
     try:
         args = parse_args(argv)
         logging.basicConfig(level=logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING,
@@ -885,6 +887,12 @@ def main(argv=None):
     except (TrainingError, ValueError, OSError, DownloadError) as e:  # bad input: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: say how to go on rather than print a traceback
+        run = Path(args.output_dir) if args is not None else None
+        can_resume = run is not None and (run / "run_config.json").is_file()
+        print(f"\ninterrupted; continue with: python train.py --resume {run}" if can_resume else "\ninterrupted",
+              file=sys.stderr)
+        return 130
     if metrics is not None:
         print(json.dumps(metrics, indent=2))
         print(f"wrote the model, predictions.json, null_odds.json and eval_results.json to {args.output_dir}")

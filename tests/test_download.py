@@ -392,3 +392,10 @@ def test_cli_offline_is_one_line_and_exit_2(dead_url, tmp_path):
     assert result.stderr.startswith("error: cannot download ") and result.stderr.count("\n") == 1
     assert f"save it as {tmp_path / 'train-v2.0.json'}" in result.stderr
     assert files_under(tmp_path) == []
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    result = subprocess.run([sys.executable, "-m", "minispan.download", "squad", "--dest", str(a_file)],
+                            capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert str(a_file) in result.stderr and "Traceback" not in result.stderr

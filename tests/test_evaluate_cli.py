@@ -123,6 +123,8 @@ def bad_inputs(tmp_path, sample_path):
     ("prob not a number", "probs_text.json: the no-answer probability for"),
     ("empty dataset", "empty_data.json: the dataset has no questions"),
     ("question without id", "no_id.json: data[0].paragraphs[0].qas[0]: missing field 'id'"),
+    ("out-file is a directory", ": is a directory, expected a file name"),
+    ("out-file under a file", "File exists: "),
 ])
 def test_errors_are_one_line_and_exit_2(tmp_path, sample_path, capsys, case, message):
     pred_file, prob_file, _ = bad_inputs(tmp_path, sample_path)
@@ -137,6 +139,8 @@ def test_errors_are_one_line_and_exit_2(tmp_path, sample_path, capsys, case, mes
         "prob not a number": [pred_file, sample_path, "-n", t / "probs_text.json"],
         "empty dataset": [pred_file, t / "empty_data.json"],
         "question without id": [pred_file, t / "no_id.json"],
+        "out-file is a directory": [pred_file, sample_path, "-o", t],
+        "out-file under a file": [pred_file, sample_path, "-o", t / "not_json.json" / "eval.json"],
     }[case]
     code, out, err = run(capsys, *argv)
     assert (code, out) == (2, "")

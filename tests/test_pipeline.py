@@ -191,6 +191,17 @@ def test_answer_command_line(tiny_dir, tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: ")
     assert answer_main(["--model", str(tiny_dir), "--question", " ", "--context", "Ann."]) == 2
     assert capsys.readouterr().err.strip() == "error: input 0: question is empty"
+    window = ["--max-seq-len", "24", "--doc-stride", "4"]  # passed on: several windows over this context
+    assert answer_main(["--model", str(tiny_dir), "--question", "Who?", "--context", CONTEXT, *window]) == 0
+    assert json.loads(capsys.readouterr().out) == pipeline(tiny_dir)(question="Who?", context=CONTEXT,
+                                                                     max_seq_len=24, doc_stride=4)
+    (tmp_path / "latin1.txt").write_bytes("Ann met Bj\xf6rn.".encode("latin-1"))
+    assert answer_main(["--model", str(tiny_dir), "--question", "Who?", "--context-file",
+                        str(tmp_path / "latin1.txt")]) == 2
+    assert capsys.readouterr().err.strip() == \
+        f"error: {tmp_path / 'latin1.txt'}: not UTF-8 text (invalid start byte at byte 10)"
+    assert answer_main(["--model", str(tiny_dir), "--question", "Who?", "--context", "Ann.", "--device", "foo"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --device 'foo': expected auto, cpu, cuda or cuda:N"
     # The module runs as `python -m minispan.answer`; a bad input is one line on stderr, exit status 2.
     result = subprocess.run(
         [sys.executable, "-m", "minispan.answer", "--model", str(tiny_dir), "--question", "Who?", "--context-file",

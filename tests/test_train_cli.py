@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -58,6 +59,7 @@ def test_demo_writes_a_loadable_model_and_the_official_metrics(tmp_path, sample_
     assert [r["step"] for r in log] == [5, 10, 15, 20, 24]  # 45 features / batch 8 = 6 steps x 4 epochs
     assert log[-1]["loss"] < log[0]["loss"] and log[-1]["lr"] == 0.0
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-24"]  # the newest only
+    assert stat.S_IMODE((out / "checkpoints" / "step-24").stat().st_mode) == stat.S_IMODE(out.stat().st_mode)
 
     # eval_results.json is evaluate.py on the best spans with the null odds at threshold 0; its raw numbers
     # are those of predictions.json (already cut at 0), its best_* searched over every threshold.
@@ -98,6 +100,21 @@ def test_a_run_resumes_from_any_working_directory(tmp_path, sample_path, monkeyp
     assert saved["train_file"] == saved["dev_file"] == str((first / "data" / "sample.json").resolve())
     monkeypatch.chdir(elsewhere)
     assert main(["--resume", str(first / "run")]) == 0, capsys.readouterr().err
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during training: one line saying how to go on, exit status 130 (as for SIGINT), no traceback."""
+    import minispan.training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(minispan.training, "fit", interrupted)
+    out = tmp_path / "run"
+    assert main(["--demo", "--output-dir", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == f"interrupted; continue with: python train.py --resume {out}"
+    assert "Traceback" not in err
 
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
