@@ -19,6 +19,7 @@ where and where to put it.
     python -m minispan.download squad|spanbert-base-cased|spanbert-large-cased [--dest DIR]
 """
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -80,18 +81,33 @@ def download(url, dest, attempts=3, timeout=60, progress=True):
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1, attempts + 1):
-        try:
-            _fetch(url, part, timeout, progress)
-            break
-        except _Interrupted as e:
-            if attempt == attempts:
-                kept = part.stat().st_size if part.exists() else 0
-                raise DownloadError(f"download of {url} interrupted ({e}); the {kept:,} bytes so far "
-                                    f"are kept in {part}: run again to resume") from None
+    with _new_folders(dest.parent):
+        for attempt in range(1, attempts + 1):
+            try:
+                _fetch(url, part, timeout, progress)
+                break
+            except _Interrupted as e:
+                if attempt == attempts:
+                    kept = part.stat().st_size if part.exists() else 0
+                    raise DownloadError(f"download of {url} interrupted ({e}); the {kept:,} bytes so far "
+                                        f"are kept in {part}: run again to resume") from None
     os.replace(part, dest)
     return dest
+
+
+@contextlib.contextmanager
+def _new_folders(folder):
+    """mkdir -p folder; if the block fails, remove the folders this made that are still empty, so a failed
+    download leaves no trace (a kept .part file keeps its folder)."""
+    created = [f for f in (folder, *folder.parents) if not f.exists()]  # innermost first
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for f in created:
+            with contextlib.suppress(OSError):  # not empty
+                f.rmdir()
+        raise
 
 
 def _fetch(url, part, timeout, progress):
@@ -219,29 +235,27 @@ def ensure_spanbert(name, cache_dir="models", *, source="auto", hub_url=None, ta
     release = _base_url(tarball_url, "MINISPAN_SPANBERT_URL", SPANBERT_URL) + tarball
     vocab_url = f"{hub}{vocab_repo}/resolve/main/vocab.txt"
     staging = Path(cache_dir) / f".{name}.download"
-    staging.mkdir(parents=True, exist_ok=True)
     offline_hint = (f"Offline? Put config.json and pytorch_model.bin from {hub}{repo}/resolve/main/ "
                     f"(or extracted from {release}) and {vocab_url} in {target}/")
     try:
-        if not (staging / "config.json").exists() or _weights_file(staging) is None:
-            errors = []
-            for each in ("hub", "tarball") if source == "auto" else (source,):
-                try:
-                    if each == "hub":
-                        for file in ("config.json", "pytorch_model.bin"):
-                            download(f"{hub}{repo}/resolve/main/{file}", staging / file, progress=progress)
-                    else:
-                        _weights_from_tarball(release, staging, progress)
-                    break
-                except DownloadError as e:
-                    errors.append(str(e))
-            else:
-                raise DownloadError("; ".join(errors))
-        if not (staging / "vocab.txt").exists():
-            download(vocab_url, staging / "vocab.txt", progress=progress)
+        with _new_folders(staging):  # nothing arrived: no trace left
+            if not (staging / "config.json").exists() or _weights_file(staging) is None:
+                errors = []
+                for each in ("hub", "tarball") if source == "auto" else (source,):
+                    try:
+                        if each == "hub":
+                            for file in ("config.json", "pytorch_model.bin"):
+                                download(f"{hub}{repo}/resolve/main/{file}", staging / file, progress=progress)
+                        else:
+                            _weights_from_tarball(release, staging, progress)
+                        break
+                    except DownloadError as e:
+                        errors.append(str(e))
+                else:
+                    raise DownloadError("; ".join(errors))
+            if not (staging / "vocab.txt").exists():
+                download(vocab_url, staging / "vocab.txt", progress=progress)
     except DownloadError as e:
-        if not any(staging.iterdir()):
-            staging.rmdir()  # nothing arrived: leave no trace
         raise DownloadError(f"cannot get {name}: {e}. {offline_hint}") from None
 
     try:

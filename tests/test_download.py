@@ -356,6 +356,10 @@ def test_ensure_spanbert_offline_says_what_to_fetch_and_where(dead_url, tmp_path
     assert f"{dead_url}google-bert/bert-base-cased/resolve/main/vocab.txt" in message
     assert f"in {tmp_path / 'spanbert-base-cased'}/" in message  # ... and where to put it
     assert files_under(tmp_path) == []
+    with pytest.raises(DownloadError):  # the models/ folder it would have made is not left behind, empty
+        ensure_spanbert("spanbert-base-cased", tmp_path / "models", hub_url=dead_url, tarball_url=dead_url,
+                        progress=False)
+    assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="unknown model 'spanbert-huge'"):
         ensure_spanbert("spanbert-huge", tmp_path)
 
@@ -399,3 +403,8 @@ def test_cli_offline_is_one_line_and_exit_2(dead_url, tmp_path):
                             capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert str(a_file) in result.stderr and "Traceback" not in result.stderr
+
+    nested = tmp_path / "new" / "data"  # folders it makes for a download that fails are removed again
+    result = subprocess.run([sys.executable, "-m", "minispan.download", "squad", "--dest", str(nested)],
+                            capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert result.returncode == 2 and not (tmp_path / "new").exists()
