@@ -144,6 +144,8 @@ def parse_args(argv=None):
     """Parse the flags and fill in the defaults: the recipe's, the demo's, or (--resume) the run's own."""
     args = build_parser().parse_args(argv)
     given = {name for name, value in vars(args).items() if value is not None and name not in ("resume", "overwrite")}
+    if args.resume and args.overwrite:
+        raise TrainingError("--resume continues the run in its directory, --overwrite replaces it: give one")
     if args.resume:
         saved = read_run_config(Path(args.resume))
         changed = sorted(name for name in given - RESUMABLE if getattr(args, name) != saved.get(name))

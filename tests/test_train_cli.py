@@ -228,6 +228,7 @@ def test_bad_input_is_one_clear_line_and_overwrites_nothing(tmp_path, sample_pat
           expect="--max-seq-length 300: the model (the demo) has 256 positions; use --max-seq-length 256 or less")
     fails("--demo", "--batch-size", "8", "--per-device-batch-size", "3", expect="must be a multiple")
     fails("--resume", tmp_path, expect="no run_config.json")
+    fails("--resume", tmp_path, "--overwrite", expect="--overwrite replaces it: give one")
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "run_config.json").write_text('{"args": ')
