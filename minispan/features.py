@@ -110,8 +110,8 @@ def build_features(
         if max_window < doc_stride:
             raise ValueError(
                 f"max_seq_length={max_seq_length} leaves {max_window} context tokens per window after the "
-                f"{len(question_ids)}-token question of example {example_index}, fewer than doc_stride={doc_stride}: "
-                "windows would skip tokens"
+                f"{len(question_ids)}-token question of example {example_index} ({example.id!r}), fewer than "
+                f"doc_stride={doc_stride}: windows would skip tokens"
             )
         if (c, max_window) not in windows:
             starts = window_starts(len(context.ids), max_window, doc_stride)
