@@ -7,6 +7,7 @@ Data flows one way: JSON -> Example -> Feature -> padded batch -> (start_logits,
     training.py ties them together for fine-tuning; answer.py for answering questions on raw text.
 """
 import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 
@@ -26,9 +27,12 @@ __all__ = list(_EXPORTS)
 
 
 def __getattr__(name):
-    if name not in _EXPORTS:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"minispan.{_EXPORTS[name]}"), name)
+    elif importlib.util.find_spec(f"minispan.{name}") is not None:  # a module: minispan.metrics.squad_v2_metrics
+        value = importlib.import_module(f"minispan.{name}")
+    else:
         raise AttributeError(f"module 'minispan' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"minispan.{_EXPORTS[name]}"), name)
     globals()[name] = value  # later look-ups skip this function
     return value
 

@@ -112,10 +112,13 @@ class WordPieceTokenizer:
 def read_vocab(path):
     """vocab.txt: one token per line; a token's id is its line number (counting from 0)."""
     vocab = {}
-    with open(path, encoding="utf-8") as f:
-        for index, line in enumerate(f):
-            token = line.rstrip("\n").rstrip("\r")
-            vocab[token] = index  # a repeated line: the last one wins, as in BERT's load_vocab and tokenizers
+    try:
+        with open(path, encoding="utf-8") as f:
+            for index, line in enumerate(f):
+                token = line.rstrip("\n").rstrip("\r")
+                vocab[token] = index  # a repeated line: the last one wins, as in BERT's load_vocab and tokenizers
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not vocab:
         raise ValueError(f"{path}: empty vocabulary")
     return vocab
@@ -127,6 +130,8 @@ def load_tokenizer(path, lowercase=None):
     Lower-casing comes from `lowercase` when given, else from tokenizer_config.json's `do_lower_case` next to
     the vocabulary, else False: SpanBERT is cased, and a cased model fed lower-cased text silently loses accuracy.
     """
+    if lowercase is not None and not isinstance(lowercase, bool):
+        raise ValueError(f"load_tokenizer: lowercase must be True, False or None, got {lowercase!r}")
     path = Path(path)
     vocab_file = path / "vocab.txt" if path.is_dir() else path
     if not vocab_file.is_file():
@@ -142,4 +147,8 @@ def load_tokenizer(path, lowercase=None):
     strip_accents = config.get("strip_accents")
     if strip_accents is not None and not isinstance(strip_accents, bool):
         raise ValueError(f"{config_file}: strip_accents must be true, false or null, got {strip_accents!r}")
-    return WordPieceTokenizer(read_vocab(vocab_file), lowercase=lowercase, strip_accents=strip_accents)
+    vocab = read_vocab(vocab_file)
+    try:
+        return WordPieceTokenizer(vocab, lowercase=lowercase, strip_accents=strip_accents)
+    except ValueError as e:  # missing special tokens: say which file lacks them
+        raise ValueError(f"{vocab_file}: {e}") from None

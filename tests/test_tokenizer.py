@@ -115,14 +115,20 @@ def test_a_repeated_vocabulary_line_keeps_the_ids_of_the_file(tmp_path):
 def test_bad_inputs_give_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="vocab.txt"):
         load_tokenizer(tmp_path)
-    with pytest.raises(ValueError, match=r"missing special token\(s\) \[CLS\], \[SEP\]"):
+    with pytest.raises(ValueError, match=r"nospecial/vocab.txt: vocabulary: missing special token\(s\) \[CLS\], \[SEP\]"):
         load_tokenizer(write_vocab(tmp_path / "nospecial", ["[PAD]", "[UNK]", "hello"]))
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "caf\xe9"]).encode("latin-1"))
+    with pytest.raises(ValueError, match="latin1.txt: not UTF-8 text"):
+        load_tokenizer(latin1)
     bad = write_vocab(tmp_path / "badjson", SMALL_VOCAB)
     (bad / "tokenizer_config.json").write_text("{not json")
     with pytest.raises(ValueError, match="tokenizer_config.json: not valid JSON"):
         load_tokenizer(bad)
     with pytest.raises(ValueError, match="do_lower_case must be true or false"):
         load_tokenizer(write_vocab(tmp_path / "badflag", SMALL_VOCAB, {"do_lower_case": "yes"}))
-    tokenizer = load_tokenizer(write_vocab(tmp_path / "ok", SMALL_VOCAB))
+    with pytest.raises(ValueError, match="lowercase must be True, False or None, got 'yes'"):
+        load_tokenizer(write_vocab(tmp_path / "ok", SMALL_VOCAB), lowercase="yes")
+    tokenizer = load_tokenizer(tmp_path / "ok")
     with pytest.raises(TypeError, match="text 1 is int, expected str"):
         tokenizer.encode_batch(["fine", 3])
