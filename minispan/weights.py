@@ -147,9 +147,13 @@ def read_torch_bin(path):
         # mmap (zip-format checkpoints only) maps the tensors instead of reading them all into memory.
         state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
-        reason = str(e).strip().splitlines()[0]
-        raise WeightsError(f"{path}: refused: not a plain tensor checkpoint, unpickling it could run code "
-                           f"({reason})") from None
+        # torch wraps the detail that matters ("GLOBAL posix.system ...", "Unsupported operand 8") in advice
+        # to load with weights_only=False, which is exactly what must not be done here: keep the detail.
+        lines = [line.strip() for line in str(e).splitlines()
+                 if line.strip() and not line.strip().startswith("Check the documentation")]
+        detail = lines[-1].split("WeightsUnpickler error:")[-1].split(". Please")[0].strip() if lines else ""
+        raise WeightsError(f"{path}: refused: not a plain tensor checkpoint (corrupt, or holding objects whose "
+                           f"unpickling could run code): {detail}") from None
     except (RuntimeError, EOFError, ValueError) as e:
         raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
     if not isinstance(state_dict, dict):
@@ -214,6 +218,8 @@ def load_model(path, device=None, dtype=None):
 
     dtype (e.g. torch.bfloat16) converts the floating-point weights. Returns the model in eval mode.
     """
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"load_model: dtype must be a floating-point torch.dtype (e.g. torch.bfloat16), got {dtype!r}")
     path = Path(path)
     if not path.is_dir():
         raise WeightsError(f"{path}: expected a directory holding config.json and model.safetensors "

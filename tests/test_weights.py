@@ -163,8 +163,9 @@ def test_pickle_that_would_run_code_is_refused_and_never_runs(tmp_path):
     TINY.to_json(tmp_path / "model" / "config.json")
     path = tmp_path / "model" / "pytorch_model.bin"
     torch.save({"bert.embeddings.word_embeddings.weight": torch.zeros(2), "payload": RunsCode(marker)}, path)
-    with pytest.raises(WeightsError, match=r"pytorch_model\.bin: refused: .*could run code"):
+    with pytest.raises(WeightsError, match=r"pytorch_model\.bin: refused: .*could run code\): .*GLOBAL") as error:
         load_model(tmp_path / "model")
+    assert "weights_only" not in str(error.value)  # not torch's advice to unpickle it anyway
     assert not marker.exists()
     # The payload is real: a plain unpickle runs it (this is what load_model must never do).
     torch.load(path, weights_only=False).get("payload").close()
@@ -189,6 +190,10 @@ def test_bad_bin_files(tmp_path):
     (tmp_path / "c.bin").write_bytes((tmp_path / "c.bin").read_bytes()[:300])
     with pytest.raises(WeightsError, match=r"c\.bin: not a readable PyTorch checkpoint"):
         load_state_dict_file(tmp_path / "c.bin")
+    (tmp_path / "d.bin").write_bytes(bytes(range(256)) * 4)  # garbage: refused, without torch's advice
+    with pytest.raises(WeightsError, match=r"d\.bin: refused: not a plain tensor checkpoint \(corrupt") as error:
+        load_state_dict_file(tmp_path / "d.bin")
+    assert "weights_only" not in str(error.value)
     with pytest.raises(WeightsError, match=r"unknown checkpoint format"):
         load_state_dict_file(tmp_path / "x.ckpt")
 
@@ -311,6 +316,9 @@ def test_load_model_dtype_and_training_ready(tmp_path):
     inputs = tiny_inputs()
     # bf16 weights and activations; measured max |diff| 0.009 on logits up to 1.03
     torch.testing.assert_close(logits(bf16, *inputs).float(), logits(model, *inputs), rtol=0, atol=0.03)
+    for wrong in ("bfloat16", torch.int8):  # a string was taken for a device name by nn.Module.to
+        with pytest.raises(ValueError, match="dtype must be a floating-point torch.dtype"):
+            load_model(tmp_path, dtype=wrong)
     loaded = load_model(tmp_path)
     assert not loaded.training
     assert all(isinstance(p, torch.nn.Parameter) and p.requires_grad for p in loaded.parameters())
