@@ -41,6 +41,11 @@ class BertConfig:
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(f"hidden_size {self.hidden_size} is not a multiple of "
                               f"num_attention_heads {self.num_attention_heads}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0 <= getattr(self, name) < 1:  # also refuses NaN
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not self.layer_norm_eps > 0:  # a zero, negative or NaN epsilon gives NaN outputs
+            raise ConfigError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps}")
         if self.hidden_act != "gelu":
             raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported (expected 'gelu')")
 
