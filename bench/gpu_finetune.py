@@ -35,7 +35,6 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -204,8 +203,10 @@ def transformers_finetune(model_dir, train_file, dev_file, recipe, device, preci
     loop_seconds = time.perf_counter() - loop_start
 
     dev_examples = read_squad(dev_file)
-    metrics = evaluate(model, tokenizer, dev_examples, dev_dataset(dev_file, dev_examples),
-                       SimpleNamespace(**recipe), device, precision)
+    dev_features = build_features(dev_examples, tokenizer, recipe["max_seq_length"], recipe["doc_stride"],
+                                  recipe["max_query_length"])
+    metrics = evaluate(model, dev_examples, dev_features, dev_dataset(dev_file, dev_examples), device, precision,
+                       tokenizer.pad_token_id)
     first, last = losses[:recipe["log_every"]], losses[-recipe["log_every"]:]
     return metrics, time.perf_counter() - start, loop_seconds, (sum(first) / len(first), sum(last) / len(last))
 

@@ -11,6 +11,7 @@ BERT tokenizes in three steps, which map one to one onto `tokenizers` components
   3. WordPiece: split each word greedily into the longest vocabulary pieces ("playing" -> "play", "##ing");
      a word with no such split, or longer than 100 characters, becomes [UNK].
 """
+import logging
 from functools import cached_property
 from pathlib import Path
 from typing import List, Tuple
@@ -18,6 +19,8 @@ from typing import List, Tuple
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
 from minispan.files import atomic_write, read_json_object, write_json
+
+logger = logging.getLogger("minispan")
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 
@@ -140,6 +143,7 @@ def load_tokenizer(path, lowercase=None):
     config_file = vocab_file.parent / "tokenizer_config.json"
     if config_file.is_file():
         config = read_json_object(config_file)
+    guessed = lowercase is None and "do_lower_case" not in config
     if lowercase is None:
         lowercase = config.get("do_lower_case", False)
     if not isinstance(lowercase, bool):
@@ -148,6 +152,12 @@ def load_tokenizer(path, lowercase=None):
     if strip_accents is not None and not isinstance(strip_accents, bool):
         raise ValueError(f"{config_file}: strip_accents must be true, false or null, got {strip_accents!r}")
     vocab = read_vocab(vocab_file)
+    words = [token for token in vocab if not (token.startswith("[") and token.endswith("]"))]
+    if guessed and sum(token != token.lower() for token in words) < 0.01 * len(words):
+        # An uncased model read cased turns every capitalised word into [UNK], silently.
+        logger.warning("%s: no do_lower_case in a tokenizer_config.json, so text is read cased (as SpanBERT); "
+                       "but the vocabulary looks lower-cased: pass lowercase=True, or add tokenizer_config.json "
+                       "with {\"do_lower_case\": true}", vocab_file)
     try:
         return WordPieceTokenizer(vocab, lowercase=lowercase, strip_accents=strip_accents)
     except ValueError as e:  # missing special tokens: say which file lacks them

@@ -663,15 +663,13 @@ def predict(model, features, device, precision, batch_size=64, pad_token_id=0, p
     return start_logits, end_logits
 
 
-def evaluate(model, tokenizer, examples, data, args, device, precision, output_dir=None, progress=False):
-    """Predict the dev questions, post-process, score with the official metrics. Writes the results when
-    output_dir is given. Returns the metrics (an OrderedDict with the official keys)."""
+def evaluate(model, examples, features, data, device, precision, pad_token_id, output_dir=None, progress=False):
+    """Predict the dev questions' features, post-process, score with the official metrics. Writes the
+    results when output_dir is given. Returns the metrics (an OrderedDict with the official keys)."""
     from minispan.metrics import squad_v2_metrics
     from minispan.postprocess import postprocess, write_predictions
 
-    features = build_features(examples, tokenizer, args.max_seq_length, args.doc_stride, args.max_query_length,
-                              progress=progress)
-    start_logits, end_logits = predict(model, features, device, precision, pad_token_id=tokenizer.pad_token_id,
+    start_logits, end_logits = predict(model, features, device, precision, pad_token_id=pad_token_id,
                                        progress=progress)
     if not all(np.isfinite(logits).all() for logits in start_logits + end_logits):
         raise TrainingError("the model's outputs are not finite (NaN or inf): training diverged; see the loss in "
@@ -752,6 +750,9 @@ def train(args):
                               args.max_query_length, training=True, progress=is_main)
     if not features:
         raise TrainingError(f"{train_file}: no usable training questions (no answer found in its context)")
+    # The dev windows too, now: a setting they cannot take must fail before training, not after it.
+    dev_features = build_features(dev_examples, tokenizer, args.max_seq_length, args.doc_stride,
+                                  args.max_query_length, progress=is_main) if is_main else None
     if is_main:
         logger.info("%d training features from %d questions; %s on %s; %d process(es) x %d features per "
                     "micro-batch", len(features), len(train_examples), precision, device, world_size, per_device)
@@ -772,7 +773,7 @@ def train(args):
     metrics = None
     if is_main:
         save_model(model, out)
-        metrics = evaluate(model, tokenizer, dev_examples, dev_data, args, device, precision,
+        metrics = evaluate(model, dev_examples, dev_features, dev_data, device, precision, tokenizer.pad_token_id,
                            output_dir=out, progress=True)
     if world_size > 1:
         torch.distributed.destroy_process_group()

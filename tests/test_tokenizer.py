@@ -82,6 +82,20 @@ def test_lowercase_comes_from_tokenizer_config(tmp_path):
     assert cased.encode("worlds, unknown!").tokens == ["world", "##s", ",", "[UNK]", "!"]
 
 
+def test_a_lower_cased_vocabulary_without_config_is_read_cased_with_a_warning(tmp_path, caplog):
+    lower = [t for t in SMALL_VOCAB if t != "Hello"]
+    with caplog.at_level("WARNING", logger="minispan"):
+        tokenizer = load_tokenizer(write_vocab(tmp_path / "lower", lower))
+    assert not tokenizer.lowercase  # the documented default stands (SpanBERT is cased) ...
+    assert "the vocabulary looks lower-cased" in caplog.text  # ... but an uncased model's user is told
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="minispan"):
+        load_tokenizer(write_vocab(tmp_path / "cased", SMALL_VOCAB))  # has "Hello": cased
+        load_tokenizer(tmp_path / "lower", lowercase=False)  # said so explicitly
+        load_tokenizer(write_vocab(tmp_path / "configured", lower, {"do_lower_case": False}))
+    assert caplog.text == ""
+
+
 def test_special_ids_and_save_round_trip(tmp_path):
     tokenizer = load_tokenizer(write_vocab(tmp_path / "a", SMALL_VOCAB, {"do_lower_case": True}))
     special = (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id)

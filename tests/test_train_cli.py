@@ -216,6 +216,15 @@ def test_bad_input_is_one_clear_line_and_overwrites_nothing(tmp_path, sample_pat
     no_gold_dev = sample_variant(tmp_path, sample_path, "no_gold.json", no_gold)
     fails("--demo", "--dev-file", no_gold_dev, "--output-dir", out,
           expect=f"{no_gold_dev}: cannot score predictions against it: question 'bellrock-1': missing field 'answers'")
+    def long_question(data):
+        data["data"][-1]["paragraphs"][-1]["qas"][-1]["question"] = "which " * 90
+
+    # A dev question whose windows these settings cannot make: refused before training, not after it.
+    long_dev = sample_variant(tmp_path, sample_path, "long_question.json", long_question)
+    assert main(["--demo", "--dev-file", str(long_dev), "--max-query-length", "300", "--max-seq-length", "48",
+                 "--doc-stride", "16", "--output-dir", str(out)]) == 2
+    last_line = capsys.readouterr().err.splitlines()[-1]  # after the training features' progress bar
+    assert last_line.startswith("error: ") and last_line.endswith("fewer than doc_stride=16: windows would skip tokens")
     fails("--model", "spanbert-huge", "--train-file", sample_path, "--dev-file", sample_path, "--output-dir", out,
           expect="--model spanbert-huge: not a directory, and not a known model")
     fails("--demo", "--model", "x", expect="takes no --model")
