@@ -12,12 +12,13 @@ One optimizer step consumes one *global batch* of `--batch-size` features. With 
 micro-batches of `--per-device-batch-size`, every process takes every P-th feature of the global batch and
 runs it in micro-batches, accumulating gradients:
 
-    batch_size = per_device_batch_size * accumulation_steps * P
+    batch_size = per_device_batch_size * accumulation_steps * P      (when they divide it; they need not)
 
 Each micro-batch's loss (a mean over its features) is weighted by `features_in_micro_batch * P /
 features_in_global_batch`: the accumulated gradient, after DistributedDataParallel averages it over the P
 processes, is then exactly the mean over the global batch, so the result doesn't depend on P or on the
-micro-batch size (up to float rounding, and with --dropout 0 since every process draws its own dropout).
+micro-batch size, even when these do not divide the batch and micro-batches differ in size (up to float
+rounding, and with --dropout 0 since every process draws its own dropout).
 
 On one GPU in bf16 or fp32 the step's forward and backward are recorded once per micro-batch shape as CUDA
 graphs and replayed (minispan/cuda_graphs.py): the same arithmetic, launched with one call instead of a
@@ -111,7 +112,8 @@ def build_parser():
     p.add_argument("--batch-size", type=int,
                    help=f"global batch: features per optimizer step (default {d['batch_size']})")
     p.add_argument("--per-device-batch-size", type=int,
-                   help="micro-batch per process; the rest is gradient accumulation (default batch-size / processes)")
+                   help="micro-batch per process; the rest is gradient accumulation (default batch-size / "
+                        "processes, rounded up; need not divide it)")
     p.add_argument("--max-seq-length", type=int, help=f"tokens per window (default {d['max_seq_length']})")
     p.add_argument("--doc-stride", type=int, help=f"step between windows, in tokens (default {d['doc_stride']})")
     p.add_argument("--max-query-length", type=int, help=f"question tokens kept (default {d['max_query_length']})")
@@ -701,10 +703,8 @@ def train(args):
     is_main = rank == 0
     device = resolve_device(args.device, local_rank, world_size)
     precision = resolve_precision(args.precision, device)
-    per_device = args.per_device_batch_size or max(1, args.batch_size // world_size)
-    if args.batch_size % (world_size * per_device):
-        raise TrainingError(f"--batch-size {args.batch_size} must be a multiple of processes ({world_size}) x "
-                            f"--per-device-batch-size ({per_device})")
+    # By default a process runs its whole share at once: 32 over 3 processes is 11, 11 and 10 features.
+    per_device = args.per_device_batch_size or -(-args.batch_size // world_size)
     out = Path(args.output_dir)
     check_output_dir(args)
     if world_size > 1:

@@ -267,8 +267,10 @@ def test_micro_batches_shard_a_global_batch():
     assert micro_batches([0], 1, 2, 2) == [([0], 0.0)]
 
 
-def test_accumulated_micro_batches_equal_one_batch():
-    """Gradient accumulation: 3 micro-batches of 2 (weights 2/6) give the gradient of one batch of 6, when
+@pytest.mark.parametrize("per_device, sizes", [(2, [2, 2, 2]), (4, [4, 2])])
+def test_accumulated_micro_batches_equal_one_batch(per_device, sizes):
+    """Gradient accumulation: 3 micro-batches of 2 (weights 2/6), or uneven ones of 4 and 2 (weights 4/6 and
+    2/6), give the gradient of one batch of 6, when
     every micro-batch is padded to the global batch's width (see training_batch). (Gradients, not updated
     weights: Adam's first step is lr * sign(gradient), and qa_outputs.bias's true gradient is 0, so its
     rounding noise decides the sign.)"""
@@ -276,8 +278,9 @@ def test_accumulated_micro_batches_equal_one_batch():
     batch = tiny_batch()
     losses = [accumulate_gradients(model, [(rows(batch, torch.tensor(ix)), w) for ix, w in parts],
                                    no_scaler(), CPU, "fp32")
-              for model, parts in ((whole, [(list(range(6)), 1.0)]), (split, micro_batches(list(range(6)), 0, 1, 2)))]
-    assert len(micro_batches(list(range(6)), 0, 1, 2)) == 3
+              for model, parts in ((whole, [(list(range(6)), 1.0)]),
+                                   (split, micro_batches(list(range(6)), 0, 1, per_device)))]
+    assert [len(ix) for ix, _ in micro_batches(list(range(6)), 0, 1, per_device)] == sizes
     assert abs(losses[0].item() - losses[1].item()) < 1e-5  # measured 0
     worst = max((a.grad - b.grad).abs().max().item() for a, b in zip(whole.parameters(), split.parameters()))
     assert worst < 1e-6  # measured 1.5e-7: the same gradient up to float summation order
