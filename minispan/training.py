@@ -518,8 +518,9 @@ def load_trainer_state(checkpoint, optimizer, scheduler, scaler, device, rank, w
         if device.type == "cuda" and "cuda" in rng:
             torch.cuda.set_rng_state(rng["cuda"], device)
     else:  # another process count: dropout can't continue the same streams
-        logger.warning("%s was saved by %d processes, resumed by %d: reseeding dropout",
-                       checkpoint, len(state["rng"]), world_size)
+        if rank == 0:
+            logger.warning("%s was saved by %d process(es), resumed by %d: reseeding dropout",
+                           checkpoint, len(state["rng"]), world_size)
         torch.manual_seed(state["step"] * world_size + rank)
     return state["step"]
 
@@ -891,10 +892,13 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: say how to go on rather than print a traceback
-        run = Path(args.output_dir) if args is not None else None
-        can_resume = run is not None and (run / "run_config.json").is_file()
-        print(f"\ninterrupted; continue with: python train.py --resume {run}" if can_resume else "\ninterrupted",
-              file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # once, under torchrun too
+            run = Path(args.output_dir) if args is not None else None
+            processes = int(os.environ.get("WORLD_SIZE", "1"))
+            command = "python" if processes == 1 else f"torchrun --nproc_per_node {processes}"
+            can_resume = run is not None and (run / "run_config.json").is_file()
+            print(f"\ninterrupted; continue with: {command} train.py --resume {run}" if can_resume else
+                  "\ninterrupted", file=sys.stderr)
         return 130
     if metrics is not None:
         print(json.dumps(metrics, indent=2))

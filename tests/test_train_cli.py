@@ -126,6 +126,15 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.splitlines()[-1] == f"interrupted; continue with: python train.py --resume {out}"
     assert "Traceback" not in err
+    # Under torchrun (as 2 processes would see it): said once, by rank 0, with the command that resumes on
+    # as many processes.
+    monkeypatch.setattr(minispan.training, "train", interrupted)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, said in (("1", ""), ("0", f"interrupted; continue with: torchrun --nproc_per_node 2 train.py "
+                                        f"--resume {out}")):
+        monkeypatch.setenv("RANK", rank)
+        assert main(["--demo", "--output-dir", str(out)]) == 130
+        assert capsys.readouterr().err.strip() == said
 
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
