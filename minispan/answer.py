@@ -200,10 +200,12 @@ def parse_inputs(inputs, question, context):
         is_list = isinstance(inputs, (list, tuple))
         items = list(inputs) if is_list else [inputs]
         for n, item in enumerate(items):
-            if not isinstance(item, dict) or "question" not in item or "context" not in item:
-                raise ValueError(
-                    f"input {n}: expected a dict with keys 'question' and 'context', got {type(item).__name__}"
-                )
+            if not isinstance(item, dict):
+                raise ValueError(f"input {n}: expected a dict with keys 'question' and 'context', "
+                                 f"got {type(item).__name__}")
+            missing = [key for key in ("question", "context") if key not in item]
+            if missing:
+                raise ValueError(f"input {n}: the dict has no {' and no '.join(map(repr, missing))}")
         pairs = [(item["question"], item["context"]) for item in items]
     elif question is not None and context is not None:
         is_list = isinstance(question, (list, tuple))

@@ -13,6 +13,7 @@ Windows overlap: in a context longer than one window, a token appears in up to a
 windows (most SQuAD contexts fit in one). Post-processing only lets an answer START at a token
 in the window where that token has the most context around it ("max context"), so each span is scored once.
 """
+import numbers
 import random
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
@@ -88,8 +89,10 @@ def build_features(
     In training, an example whose first answer is not found at its `start` in the context is skipped (it
     gets no features), as in the original: its target would be wrong.
     """
-    if max_query_length < 1 or doc_stride < 1:
-        raise ValueError(f"max_query_length and doc_stride must be >= 1, got {max_query_length} and {doc_stride}")
+    for name, value in (("max_seq_length", max_seq_length), ("doc_stride", doc_stride),
+                        ("max_query_length", max_query_length)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
     # About five questions share each paragraph: tokenize every distinct context once.
     context_index = {}

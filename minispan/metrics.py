@@ -19,6 +19,7 @@ import argparse
 import collections
 import json
 import math
+import numbers
 import os
 import re
 import string
@@ -135,6 +136,8 @@ def squad_v2_metrics(dataset, predictions, na_probs=None, na_prob_thresh=1.0, ou
     needs matplotlib): write precision-recall curves and no-answer histograms there and add the pr_*_ap keys.
     Raises ValueError on malformed input.
     """
+    if isinstance(na_prob_thresh, bool) or not isinstance(na_prob_thresh, numbers.Real):
+        raise ValueError(f"na_prob_thresh must be a number, got {na_prob_thresh!r}")
     gold = gold_answers(dataset)
     check_predictions(predictions)
     preds = {qid: predictions.get(qid, "") for qid in gold}

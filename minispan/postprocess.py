@@ -8,6 +8,7 @@ null score = start_logits[0] + end_logits[0], the smallest over the question's w
 
 `null_odds` is what the evaluation's --na-prob-file takes: it lets the metrics pick the best threshold.
 """
+import numbers
 import numpy as np
 
 from minispan.files import write_json
@@ -69,12 +70,18 @@ def postprocess(
     over the listed scores), `start_logit`, `end_logit`, and for spans the character offsets `start`, `end`
     in the context.
     """
+    for name, value in (("n_best_size", n_best_size), ("max_answer_length", max_answer_length)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"postprocess: {name} must be a positive integer, got {value!r}")
     if not (len(features) == len(start_logits) == len(end_logits)):
         raise ValueError(
             f"postprocess: {len(features)} features but {len(start_logits)} start and {len(end_logits)} end logits"
         )
     by_example = [[] for _ in examples]
     for i, feature in enumerate(features):
+        if not 0 <= feature.example_index < len(examples):
+            raise ValueError(f"postprocess: feature {i} belongs to example {feature.example_index}, but there are "
+                             f"{len(examples)} examples (pass the examples the features were built from)")
         by_example[feature.example_index].append(i)
 
     predictions, null_odds, nbest = {}, {}, {}

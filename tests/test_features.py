@@ -211,8 +211,11 @@ def test_question_truncation_empty_context_and_errors(tokenizer):
     assert f.input_ids[-2:] == [tokenizer.sep_token_id] * 2 and f.token_type_ids[-1] == 1
     with pytest.raises(ValueError, match=r"question of example 0 \('q'\), fewer than doc_stride=10: windows would skip"):
         build_features([example()], tokenizer, max_seq_length=14, doc_stride=10)
-    with pytest.raises(ValueError, match="doc_stride must be >= 1"):
+    with pytest.raises(ValueError, match="doc_stride must be a positive integer, got 0"):
         build_features([example()], tokenizer, doc_stride=0)
+    for name, value in (("doc_stride", 16.5), ("max_seq_length", None), ("max_query_length", True)):
+        with pytest.raises(ValueError, match=f"{name} must be a positive integer, got {value}"):
+            build_features([example()], tokenizer, **{name: value})
     with pytest.raises(ValueError, match="'q'.*answerable but has no answers"):
         build_features([example()], tokenizer, training=True)
 

@@ -179,6 +179,14 @@ def test_bad_datasets_are_one_line_errors(data, message):
     assert message in str(info.value)
 
 
+def test_the_threshold_must_be_a_number():
+    data = {"data": [{"paragraphs": [{"qas": [{"id": "q", "answers": [{"text": "x"}]}]}]}]}
+    for wrong in ("0.5", None, True):
+        with pytest.raises(ValueError, match="na_prob_thresh must be a number"):
+            squad_v2_metrics(data, {"q": "x"}, {"q": 0.2}, na_prob_thresh=wrong)
+    assert squad_v2_metrics(data, {"q": "x"}, {"q": 0.2}, na_prob_thresh=np.float32(0.5))["exact"] == 100.0
+
+
 # ------------------------------------------------------------------------------------- against the oracle
 
 def dataset(questions):

@@ -172,6 +172,13 @@ def test_bad_logits_are_reported():
         postprocess([example], [hand_feature()], [np.zeros(10)] * 2, [np.zeros(10)])
     with pytest.raises(ValueError, match="feature 0 has 10 tokens but 384 start / 384 end logits"):
         postprocess([example], [hand_feature()], [np.zeros(384)], [np.zeros(384)])
+    # Limits that would silently answer "" everywhere (0) or list every candidate (-1):
+    for limit in ("n_best_size", "max_answer_length"):
+        for value in (0, -1, 2.5):
+            with pytest.raises(ValueError, match=f"{limit} must be a positive integer, got {value}"):
+                postprocess([example], [hand_feature()], [np.zeros(10)], [np.zeros(10)], **{limit: value})
+    with pytest.raises(ValueError, match="feature 0 belongs to example 1, but there are 1 examples"):
+        postprocess([example], [hand_feature(example_index=1)], [np.zeros(10)], [np.zeros(10)])
 
 
 def test_write_predictions_is_atomic_json(tmp_path):
