@@ -85,6 +85,8 @@ def _read_question(qa, qid, title, context, where, training):
             problem = f"answer_start {start} is out of range for a context of {len(context)} characters"
         elif context[start:start + len(text)] != text:
             problem = f"text {text!r} is not at answer_start {start}"
+        elif training and not text.strip():  # no span to learn (build_features would skip it silently)
+            problem = f"text {text!r} is blank"
         else:
             answers.append(Answer(text, start))
             continue

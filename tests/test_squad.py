@@ -98,6 +98,17 @@ def test_unlocatable_answers_warn_and_training_drops_them(tmp_path, answer, prob
         in messages
 
 
+def test_a_blank_answer_is_dropped_from_training_with_a_warning(tmp_path):
+    blank, good = {"text": " ", "answer_start": 5}, {"text": "city", "answer_start": 11}  # "Mainz is a city."
+    path = write(tmp_path, squad([qa("q1", answers=[blank, good])]))
+    with pytest.warns(SquadWarning, match=r"question 'q1': answers\[0\]: text ' ' is blank; answer dropped"):
+        [example] = read_squad(path, training=True)
+    assert example.answers == [Answer("city", 11)]  # the first answer is the target: now a real one
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(read_squad(path)[0].answers) == 2  # evaluation keeps gold answers as they are
+
+
 def test_squad_2_fields_and_defaults(tmp_path):
     path = write(tmp_path, squad([
         qa("has"),
