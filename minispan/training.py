@@ -806,8 +806,8 @@ def fit(model, features, pad_token_id, args, checkpoint, device, precision, rank
     if args.resume and is_main:
         truncate_log(out / "log.jsonl", step)
     if is_main:
-        logger.info("%d steps of %d features (%d per epoch, %d warm-up)", total_steps, args.batch_size,
-                    steps_per_epoch, warmup_steps)
+        logger.info("%d steps of %d features (%d per epoch, %d warm-up)", total_steps,
+                    min(args.batch_size, len(features)), steps_per_epoch, warmup_steps)
 
     if args.compile:
         compile_layers(model)
