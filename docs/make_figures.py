@@ -112,8 +112,8 @@ def main(argv=None):
         run = demo("demo", args.demo_epochs)
         draw_loss(args.out_dir / "loss.png", run / "log.jsonl")
 
-        # The full demo learns the sample by heart, and a perfect model's precision-recall curve is a flat
-        # line: draw the curve of a demo stopped after PR_EPOCHS epochs, which still makes mistakes.
+        # The full demo answers nearly all of the sample right, so its precision-recall curve is nearly flat:
+        # draw the curve of a demo stopped after PR_EPOCHS epochs, which still makes mistakes.
         # Scored at the threshold its predictions were made with (0), as chapter 7 explains.
         # (--demo-epochs: the run above is already that short one.)
         if args.demo_epochs is None:

@@ -29,7 +29,8 @@ __all__ = list(_EXPORTS)
 def __getattr__(name):
     if name in _EXPORTS:
         value = getattr(importlib.import_module(f"minispan.{_EXPORTS[name]}"), name)
-    elif importlib.util.find_spec(f"minispan.{name}") is not None:  # a module: minispan.metrics.squad_v2_metrics
+    elif name.isidentifier() and not name.startswith("__") and importlib.util.find_spec(f"minispan.{name}"):
+        # a module: minispan.metrics.squad_v2_metrics (not dunder probes such as __wrapped__)
         value = importlib.import_module(f"minispan.{name}")
     else:
         raise AttributeError(f"module 'minispan' has no attribute {name!r}")

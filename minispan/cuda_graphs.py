@@ -8,8 +8,9 @@ identical to the eager step's (bench/README.md, tests/test_cuda_graphs.py).
 
 A graph replays the same kernels on the same shapes at the same addresses, so:
 - there is one graph per micro-batch shape (rows x width), recorded the first time that shape comes.
-  Nearly every batch has the same rows, and training.py rounds widths up to a multiple of 8, so there are
-  at most max_seq_length / 8 widths: 64 for the recipe's 512-token windows;
+  Nearly every batch has the same rows (twice as many shapes when --per-device-batch-size leaves a
+  smaller last micro-batch in every step), and training.py rounds widths up to a multiple of 8, so there
+  are at most max_seq_length / 8 widths: 64 for the recipe's 512-token windows;
 - each batch is copied into its graph's own input tensors before the replay;
 - the gradients live in tensors that are never freed, and the recorded backward adds into them.
 All graphs share one memory pool. That is safe because they run one after another on one stream and

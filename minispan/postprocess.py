@@ -9,6 +9,7 @@ null score = start_logits[0] + end_logits[0], the smallest over the question's w
 `null_odds` is what the evaluation's --na-prob-file takes: it lets the metrics pick the best threshold.
 """
 import numbers
+
 import numpy as np
 
 from minispan.files import write_json

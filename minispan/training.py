@@ -150,7 +150,7 @@ def parse_args(argv=None):
         raise TrainingError("--resume continues the run in its directory, --overwrite replaces it: give one")
     if args.resume:
         saved = read_run_config(Path(args.resume))
-        changed = sorted(name for name in given - RESUMABLE if getattr(args, name) != saved.get(name))
+        changed = sorted(name for name in given - RESUMABLE if not same_as_saved(name, getattr(args, name), saved))
         if changed:
             raise TrainingError(f"--resume continues {args.resume} with its saved settings; remove "
                                 + ", ".join("--" + name.replace("_", "-") for name in changed))
@@ -167,9 +167,22 @@ def parse_args(argv=None):
         if args.output_dir is None:
             args.output_dir = str(Path("runs") / Path(args.model).name)
     args.demo, args.compile = bool(args.demo), bool(args.compile)
+    args.resumable = bool(args.resume)  # and, for a new run, once its run_config.json is written
     args.cuda_graphs = args.cuda_graphs is not False  # a run saved before the flag existed used them
     check_args(args)
     return args
+
+
+def same_as_saved(name, given, saved):
+    """Is a flag repeated with --resume the run's own? The files it used are saved as absolute paths."""
+    value = saved.get(name)
+    if given == value:
+        return True
+    if name in ("train_file", "dev_file", "model") and isinstance(value, str):
+        if Path(given).exists():
+            return str(Path(given).resolve()) == value
+        return name == "model" and Path(value).name == given  # a SpanBERT name: the folder it downloaded to
+    return False
 
 
 def check_args(args):
@@ -755,19 +768,23 @@ def train(args):
     dev_features = build_features(dev_examples, tokenizer, args.max_seq_length, args.doc_stride,
                                   args.max_query_length, progress=is_main) if is_main else None
     if is_main:
+        share = -(-min(args.batch_size, len(features)) // world_size)  # a process's share of a batch, at most
         logger.info("%d training features from %d questions; %s on %s; %d process(es) x %d features per "
-                    "micro-batch", len(features), len(train_examples), precision, device, world_size, per_device)
+                    "micro-batch", len(features), len(train_examples), precision, device, world_size,
+                    min(per_device, share))
     if is_main and not args.resume:
         clear_output_dir(out)
         out.mkdir(parents=True, exist_ok=True)
         tokenizer.save(out)  # first: run_config.json marks a run that --resume can continue
-        saved_args = {name: value for name, value in vars(args).items() if name not in ("resume", "overwrite")}
+        saved_args = {name: value for name, value in vars(args).items()
+                      if name not in ("resume", "overwrite", "resumable")}
         # The files actually used, as absolute paths: a --resume from another directory reads the same ones.
         saved_args.update(train_file=str(train_file.resolve()), dev_file=str(dev_file.resolve()))
         if source is not None:
             saved_args["model"] = str(source.resolve())
         write_json(out / "run_config.json", {"args": saved_args, "world_size": world_size, "precision": precision,
                                              "device": str(device)})
+        args.resumable = True
 
     fit(model, features, tokenizer.pad_token_id, args, checkpoint, device, precision, rank, world_size, per_device)
 
@@ -881,6 +898,20 @@ def log(record, log_file, bar, precision):
                        " (skipped by the loss scaler)" if precision == "fp16" else "")
 
 
+def resume_hint(args):
+    """How to continue an interrupted run, once its run_config.json is written (before that, one found in the
+    output dir belongs to the run that --overwrite is replacing)."""
+    if args is None or not args.resumable:
+        return ""
+    out = Path(args.output_dir)
+    nodes = int(os.environ.get("WORLD_SIZE", "1")) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    command = ("python" if os.environ.get("WORLD_SIZE", "1") == "1" else
+               f"torchrun {f'--nnodes {nodes} ' if nodes > 1 else ''}--nproc_per_node {local}")
+    later = "" if latest_checkpoint(out) else " (no checkpoint yet: it starts again from step 0)"
+    return f"; continue with: {command} train.py --resume {out}{later}"
+
+
 def main(argv=None):
     args = None
     try:
@@ -893,12 +924,7 @@ def main(argv=None):
         return 2
     except KeyboardInterrupt:  # Ctrl-C: say how to go on rather than print a traceback
         if os.environ.get("RANK", "0") == "0":  # once, under torchrun too
-            run = Path(args.output_dir) if args is not None else None
-            processes = int(os.environ.get("WORLD_SIZE", "1"))
-            command = "python" if processes == 1 else f"torchrun --nproc_per_node {processes}"
-            can_resume = run is not None and (run / "run_config.json").is_file()
-            print(f"\ninterrupted; continue with: {command} train.py --resume {run}" if can_resume else
-                  "\ninterrupted", file=sys.stderr)
+            print("\ninterrupted" + resume_hint(args), file=sys.stderr)
         return 130
     if metrics is not None:
         print(json.dumps(metrics, indent=2))

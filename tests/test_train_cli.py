@@ -100,6 +100,11 @@ def test_a_run_resumes_from_any_working_directory(tmp_path, sample_path, monkeyp
     assert saved["train_file"] == saved["dev_file"] == str((first / "data" / "sample.json").resolve())
     monkeypatch.chdir(elsewhere)
     assert main(["--resume", str(first / "run")]) == 0, capsys.readouterr().err
+    # Repeating a flag as it was given is not a change, though the file is saved by its absolute path.
+    monkeypatch.chdir(first)
+    assert main(["--resume", "run", "--train-file", "data/sample.json"]) == 0, capsys.readouterr().err
+    assert main(["--resume", "run", "--train-file", str(sample_path)]) == 2  # another file: refused
+    assert "remove --train-file" in capsys.readouterr().err
 
 
 def test_micro_batches_need_not_divide_the_global_batch(tmp_path, capsys):
@@ -124,16 +129,21 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     assert main(["--demo", "--output-dir", str(out)]) == 130
     err = capsys.readouterr().err
-    assert err.splitlines()[-1] == f"interrupted; continue with: python train.py --resume {out}"
+    assert err.splitlines()[-1] == (f"interrupted; continue with: python train.py --resume {out} "
+                                    "(no checkpoint yet: it starts again from step 0)")
     assert "Traceback" not in err
+    # Interrupted before this run wrote its run_config.json: the one there is the run --overwrite replaces.
+    monkeypatch.setattr(minispan.training, "train", interrupted)
+    assert main(["--demo", "--epochs", "3", "--overwrite", "--output-dir", str(out)]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
     # Under torchrun (as 2 processes would see it): said once, by rank 0, with the command that resumes on
     # as many processes.
-    monkeypatch.setattr(minispan.training, "train", interrupted)
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     for rank, said in (("1", ""), ("0", f"interrupted; continue with: torchrun --nproc_per_node 2 train.py "
-                                        f"--resume {out}")):
+                                        f"--resume {out} (no checkpoint yet: it starts again from step 0)")):
         monkeypatch.setenv("RANK", rank)
-        assert main(["--demo", "--output-dir", str(out)]) == 130
+        assert main(["--resume", str(out)]) == 130
         assert capsys.readouterr().err.strip() == said
 
 
@@ -180,29 +190,31 @@ def loss_free(name):
 
 
 def test_torchrun_two_processes_equal_one(tmp_path, one_thread):
-    """Global batches of 4: 1 process x 4, 1 process x 4 micro-batches of 1 (gradient accumulation),
-    2 processes (gloo) x 2 micro-batches of 1. 45 features make each epoch's last batch a single feature,
-    so one process has none and joins with a weight-0 batch. Dropout is 0 in the demo: only float rounding
+    """Global batches of 11: 1 process x 11, 1 process x 11 micro-batches of 1 (gradient accumulation), and
+    2 processes (gloo) with micro-batches of up to 5, which divide nothing: of each batch process 0 takes 6
+    features (5 + 1) and process 1 takes 5 (one micro-batch), so they accumulate different numbers of
+    micro-batches before the all-reduce. 45 features make each epoch's last batch a single feature, so
+    process 1 has none and joins with a weight-0 batch. Dropout is 0 in the demo: only float rounding
     differs."""
-    flags = ["--demo", "--epochs", "2", "--batch-size", "4", "--save-every", "0"]
+    flags = ["--demo", "--epochs", "2", "--batch-size", "11", "--save-every", "0"]
     one, accumulated, two = tmp_path / "one", tmp_path / "accumulated", tmp_path / "two"
     run_main(*flags, "--output-dir", one)
     run_main(*flags, "--output-dir", accumulated, "--per-device-batch-size", "1")
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             str(REPO / "train.py"), *flags, "--per-device-batch-size", "1", "--output-dir", str(two)],
+                             str(REPO / "train.py"), *flags, "--per-device-batch-size", "5", "--output-dir", str(two)],
                             env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "2 process(es) x 1 features per micro-batch" in result.stderr
-    assert "24 steps of 4 features" in result.stderr
+    assert "2 process(es) x 5 features per micro-batch" in result.stderr
+    assert "10 steps of 11 features" in result.stderr
     reference = weights(one)
     null_odds = json.loads((one / "null_odds.json").read_text())
     for other in (accumulated, two):
         worst = max((reference[name] - tensor).abs().max().item() for name, tensor in weights(other).items()
                     if not loss_free(name))
-        assert worst < 1e-5, (other.name, worst)  # measured after 24 steps: 4.3e-7 and 1.6e-6
+        assert worst < 1e-5, (other.name, worst)  # measured after 10 steps: 6.8e-7 and 1.4e-6
         assert (other / "predictions.json").read_text() == (one / "predictions.json").read_text()
         other_odds = json.loads((other / "null_odds.json").read_text())
-        assert max(abs(null_odds[q] - other_odds[q]) for q in null_odds) < 1e-5  # measured 5.3e-7 and 5.4e-7
+        assert max(abs(null_odds[q] - other_odds[q]) for q in null_odds) < 1e-5  # measured 6.0e-7 and 3.9e-7
 
 
 def sample_variant(tmp_path, sample_path, name, change):
