@@ -44,6 +44,8 @@ class BertConfig:
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             if not 0 <= getattr(self, name) < 1:  # also refuses NaN
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.initializer_range < float("inf"):  # the init's standard deviation
+            raise ConfigError(f"initializer_range must be a finite number >= 0, got {self.initializer_range}")
         if not self.layer_norm_eps > 0:  # a zero, negative or NaN epsilon gives NaN outputs
             raise ConfigError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps}")
         if self.hidden_act != "gelu":

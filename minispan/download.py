@@ -21,18 +21,18 @@ where and where to put it.
 import argparse
 import contextlib
 import http.client
-import json
 import os
 import shutil
 import sys
 import tarfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from minispan.files import write_json
+from minispan.files import read_json, write_json
 
 # Base URLs; the environment variables (or the functions' url arguments) point them elsewhere,
 # e.g. at a mirror, or at the local server the tests run.
@@ -81,6 +81,8 @@ def download(url, dest, attempts=3, timeout=60, progress=True):
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
+    if part.is_symlink() or (part.exists() and not part.is_file()):  # appending would write elsewhere
+        raise DownloadError(f"{part}: not a regular file (a link?); delete it to download {url}")
     with _new_folders(dest.parent):
         for attempt in range(1, attempts + 1):
             try:
@@ -110,13 +112,25 @@ def _new_folders(folder):
         raise
 
 
+class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """urllib also follows redirects to ftp://; a download here only ever goes to http(s)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urllib.parse.urlsplit(newurl).scheme not in ("http", "https"):
+            raise urllib.error.HTTPError(newurl, code, f"{msg}, to a non-HTTP address: refused", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpRedirectsOnly)
+
+
 def _fetch(url, part, timeout, progress):
     offset = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     if offset:
         request.add_header("Range", f"bytes={offset}-")
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        response = _OPENER.open(request, timeout=timeout)
     except urllib.error.HTTPError as e:
         if e.code == 416 and offset:  # the .part is as long as the file or longer: start afresh
             part.unlink()
@@ -185,7 +199,7 @@ def ensure_squad(split, data_dir="data", *, base_url=None, expected_questions=No
         raise DownloadError(f"{e}. Offline? Download {url} and save it as {path}") from None
     try:
         _check_squad(path, expected, f"the download from {url} is not the official file")
-    except DownloadError:
+    except BaseException:  # not the official file, or Ctrl-C while checking: not left under the official name
         path.unlink()
         raise
     return path
@@ -193,10 +207,9 @@ def ensure_squad(split, data_dir="data", *, base_url=None, expected_questions=No
 
 def _check_squad(path, expected_questions, hint):
     try:
-        with open(path, encoding="utf-8") as f:
-            dataset = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DownloadError(f"{path}: not a JSON file ({e}); {hint}") from None
+        dataset = read_json(path)
+    except ValueError as e:
+        raise DownloadError(f"{e}; {hint}") from None
     version = dataset.get("version") if isinstance(dataset, dict) else None
     if version != "v2.0":
         raise DownloadError(f"{path}: 'version' is {version!r}, expected 'v2.0'; {hint}")
@@ -302,9 +315,12 @@ def extract_tarball(archive, directory):
     """Extract regular files and folders only, after checking every member.
 
     An archive is refused whole, before anything is written, if a member is a link, a device
-    or any other special file, has an absolute path, or would land outside `directory`.
+    or any other special file, has an absolute path, or would land outside `directory`. One that
+    fails later (corrupt data, a bad checksum, a name the file system refuses) leaves nothing behind
+    in a `directory` this call created.
     """
     directory = Path(directory).resolve()
+    created = not directory.exists()
     try:
         with tarfile.open(archive) as tar:
             members = tar.getmembers()
@@ -319,7 +335,13 @@ def extract_tarball(archive, directory):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with tar.extractfile(member) as src, open(path, "wb") as dst:
                     shutil.copyfileobj(src, dst, CHUNK)
-    except (tarfile.TarError, EOFError) as e:
+            # tarfile stops reading at the archive's end marker, before gzip's checksum: read to the end of
+            # the compressed stream, so that a corrupted download fails here instead of loading garbage.
+            while tar.fileobj.read(CHUNK):
+                pass
+    except (tarfile.TarError, EOFError, OSError) as e:  # OSError: gzip's BadGzipFile, CRC, names
+        if created:
+            shutil.rmtree(directory, ignore_errors=True)
         raise DownloadError(f"{archive}: not a readable tar archive ({e})") from None
 
 

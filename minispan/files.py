@@ -42,7 +42,7 @@ def read_json(path):
             return json.load(f)
     except OSError as e:
         raise ValueError(f"{path}: cannot read: {e.strerror or e}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, an integer too long, nesting too deep
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 

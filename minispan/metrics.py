@@ -18,7 +18,6 @@ numbers equal the official script's to the last bit, not merely closely.
 import argparse
 import collections
 import json
-import math
 import numbers
 import os
 import re
@@ -116,7 +115,7 @@ def check_na_probs(na_probs, qids):
     if not isinstance(na_probs, dict):
         raise ValueError("expected a JSON object mapping question ids to no-answer probabilities")
     for qid, p in na_probs.items():
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or math.isnan(p):
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or p != p:  # p != p: NaN (isnan fails on huge ints)
             raise ValueError(f"the no-answer probability for {qid!r} is {json.dumps(p)[:40]}, expected a number")
     missing = [qid for qid in qids if qid not in na_probs]
     if missing:

@@ -59,7 +59,7 @@ def read_safetensors(path):
                                f"({size} bytes): truncated, or not a safetensors file")
         try:
             header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (ValueError, RecursionError) as e:  # not UTF-8 or not JSON, an integer too long, nesting too deep
             raise WeightsError(f"{path}: header is not valid JSON ({e})") from None
         if not isinstance(header, dict):
             raise WeightsError(f"{path}: header must be a JSON object")
@@ -92,12 +92,14 @@ def _check_entry(path, name, info, data_size):
     where = f"{path}: tensor {name!r}"
     if not isinstance(info, dict):
         raise WeightsError(f"{where}: header entry must be an object")
-    dtype = DTYPES.get(info.get("dtype"))
+    dtype = DTYPES.get(info.get("dtype")) if isinstance(info.get("dtype"), str) else None
     if dtype is None:
         raise WeightsError(f"{where}: unknown dtype {info.get('dtype')!r} (expected one of {', '.join(DTYPES)})")
     shape, offsets = info.get("shape"), info.get("data_offsets")
-    if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
-        raise WeightsError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
+    # Sizes (and, past a zero dimension, strides) must fit torch's 64-bit integers.
+    if not (isinstance(shape, list) and all(_is_count(d) for d in shape) and _is_count(math.prod(filter(None, shape)))):
+        raise WeightsError(f"{where}: shape must be a list of non-negative integers, together below 2**62, "
+                           f"got {str(shape)[:80]}")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
         raise WeightsError(f"{where}: data_offsets must be [begin, end], got {offsets!r}")
     begin, end = offsets
@@ -112,7 +114,7 @@ def _check_entry(path, name, info, data_size):
 
 
 def _is_count(x):
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**62
 
 
 def save_safetensors(tensors, path):
@@ -159,6 +161,8 @@ def read_torch_bin(path):
     if not isinstance(state_dict, dict):
         raise WeightsError(f"{path}: expected a dict of tensors, got {type(state_dict).__name__}")
     for key, value in state_dict.items():
+        if not isinstance(key, str):
+            raise WeightsError(f"{path}: key {key!r} is a {type(key).__name__}, expected a parameter name")
         if not isinstance(value, torch.Tensor):
             raise WeightsError(f"{path}: entry {key!r} is a {type(value).__name__}, expected a tensor")
     return dict(state_dict)

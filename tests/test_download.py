@@ -152,6 +152,22 @@ def test_redirect_keeps_the_range_header(server, tmp_path):
     assert server.requests[-1] == ("/cdn/blob.bin", "bytes=1234-")
     assert (tmp_path / "blob.bin").read_bytes() == BLOB
 
+    # Only to http(s): urllib on its own would follow this one and log in to an FTP server.
+    server.redirects["/repo/resolve/main/other.bin"] = "ftp://127.0.0.1:1/other.bin"
+    with pytest.raises(DownloadError, match="to a non-HTTP address: refused"):
+        download(server.url + "repo/resolve/main/other.bin", tmp_path / "other.bin", progress=False)
+
+
+def test_a_part_file_that_is_a_link_is_not_written_through(server, tmp_path):
+    server.files["/blob.bin"] = BLOB
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    (tmp_path / "dl").mkdir()
+    (tmp_path / "dl" / "blob.bin.part").symlink_to(victim)  # placed by someone sharing the folder
+    with pytest.raises(DownloadError, match="blob.bin.part: not a regular file"):
+        download(server.url + "blob.bin", tmp_path / "dl" / "blob.bin", progress=False)
+    assert victim.read_bytes() == b"precious" and not (tmp_path / "dl" / "blob.bin").exists()
+
 
 def test_http_error_and_offline_fail_at_once(server, dead_url, tmp_path):
     with pytest.raises(DownloadError, match=r"HTTP 404"):
@@ -182,7 +198,8 @@ def test_ensure_squad_downloads_validates_and_reuses(server, tmp_path):
 @pytest.mark.parametrize("body, message", [
     (squad_bytes(2), r"2 questions, the official file has 3"),
     (squad_bytes(3, version="1.1"), r"'version' is '1\.1', expected 'v2\.0'"),
-    (b"<html>moved</html>", r"not a JSON file"),
+    (b"<html>moved</html>", r"not valid JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, r"not valid JSON"),  # nested past the recursion limit
     (json.dumps({"version": "v2.0", "data": [{"title": "x"}]}).encode(), r"not in SQuAD format"),
 ])
 def test_ensure_squad_rejects_a_file_that_is_not_the_official_one(server, tmp_path, body, message):
@@ -258,6 +275,15 @@ def test_safe_tarball_is_extracted(tmp_path):
     (tmp_path / "broken.tar.gz").write_bytes(b"not a tarball")
     with pytest.raises(DownloadError, match="not a readable tar archive"):
         extract_tarball(tmp_path / "broken.tar.gz", tmp_path / "out2")
+
+    # A corrupted download whose tar structure still parses: only gzip's checksum, at the stream's end,
+    # tells. tarfile stops before it, so without reading on, the archive extracted "fine".
+    corrupt = bytearray(archive.read_bytes())
+    corrupt[-8] ^= 0xFF  # the CRC-32 of the uncompressed data
+    (tmp_path / "corrupt.tar.gz").write_bytes(bytes(corrupt))
+    with pytest.raises(DownloadError, match="not a readable tar archive .*CRC check failed"):
+        extract_tarball(tmp_path / "corrupt.tar.gz", tmp_path / "out3")
+    assert not (tmp_path / "out3").exists()  # nothing half-extracted left
 
 
 # --- SpanBERT ---------------------------------------------------------------------------------

@@ -44,3 +44,11 @@ def test_read_json_object_names_the_file(tmp_path):
         read_json_object(tmp_path / "absent.json")
     with pytest.raises(ConfigError, match=r"list\.json: expected a JSON object"):  # config.json errors stay ConfigErrors
         BertConfig.from_json(listed)
+    # What json raises beyond JSONDecodeError: nesting past the recursion limit, an integer past Python's
+    # 4,300-digit limit. Both are one line naming the file, not a traceback.
+    deep, huge = tmp_path / "deep.json", tmp_path / "huge.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    huge.write_text('{"a": ' + "9" * 5000 + "}")
+    for path in (deep, huge):
+        with pytest.raises(ValueError, match=rf"{path.name}: not valid JSON"):
+            read_json_object(path)

@@ -185,6 +185,8 @@ def test_the_threshold_must_be_a_number():
         with pytest.raises(ValueError, match="na_prob_thresh must be a number"):
             squad_v2_metrics(data, {"q": "x"}, {"q": 0.2}, na_prob_thresh=wrong)
     assert squad_v2_metrics(data, {"q": "x"}, {"q": 0.2}, na_prob_thresh=np.float32(0.5))["exact"] == 100.0
+    # A probability too large for a float is still a number, as in the official script (isnan overflowed).
+    assert squad_v2_metrics(data, {"q": "x"}, {"q": 10**400}, na_prob_thresh=1.0)["exact"] == 0.0
 
 
 # ------------------------------------------------------------------------------------- against the oracle

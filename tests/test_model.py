@@ -243,6 +243,7 @@ def test_config_spanbert_original_fields(tmp_path):
     ({"attention_probs_dropout_prob": 1.5}, r"config\.json: attention_probs_dropout_prob must be in \[0, 1\), got 1.5"),
     ({"hidden_dropout_prob": -0.1}, r"hidden_dropout_prob must be in \[0, 1\)"),
     ({"layer_norm_eps": -1}, r"config\.json: layer_norm_eps must be > 0, got -1.0"),
+    ({"initializer_range": -0.02}, r"config\.json: initializer_range must be a finite number >= 0, got -0.02"),
     ({"position_embedding_type": "relative_key"}, r"position_embedding_type 'relative_key' is not supported"),
 ])
 def test_config_errors_name_file_and_field(tmp_path, change, message):

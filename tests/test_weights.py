@@ -123,6 +123,21 @@ def test_bad_safetensors_headers(tmp_path, header, data, message):
         safetensors_torch().load_file(path)
 
 
+@pytest.mark.parametrize("header, message", [
+    ({"w": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}, r"unknown dtype \['F32'\]"),  # was TypeError
+    ({"w": {"dtype": "F32", "shape": [0, 2**70], "data_offsets": [0, 0]}}, r"together below 2\*\*62"),
+    ({"w": {"dtype": "F32", "shape": [0, 2**61, 2**61], "data_offsets": [0, 0]}}, r"together below 2\*\*62"),
+    ("[" * 100_000 + "]" * 100_000, r"header is not valid JSON"),  # was RecursionError
+])
+def test_hostile_safetensors_headers_are_one_line_errors(tmp_path, header, message):
+    """Headers that used to escape as TypeError, RuntimeError (stride overflow) or RecursionError."""
+    text = header if isinstance(header, str) else json.dumps(header)
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(struct.pack("<Q", len(text)) + text.encode() + b"\0" * 4)
+    with pytest.raises(WeightsError, match=message):
+        read_safetensors(path)
+
+
 def test_truncated_and_garbage_safetensors(tmp_path):
     good = tmp_path / "good.safetensors"
     save_safetensors({"w": torch.randn(64, 64), "b": torch.randn(64)}, good)
@@ -183,6 +198,9 @@ def test_bad_bin_files(tmp_path):
     torch.save({"w": torch.zeros(3), "step": 5}, tmp_path / "a.bin")
     with pytest.raises(WeightsError, match=r"a\.bin: entry 'step' is a int, expected a tensor"):
         load_state_dict_file(tmp_path / "a.bin")
+    torch.save({1: torch.zeros(3)}, tmp_path / "k.bin")  # was an AttributeError in the name mapping
+    with pytest.raises(WeightsError, match=r"k\.bin: key 1 is a int, expected a parameter name"):
+        load_state_dict_file(tmp_path / "k.bin")
     torch.save([torch.zeros(3)], tmp_path / "b.bin")
     with pytest.raises(WeightsError, match=r"b\.bin: expected a dict of tensors, got list"):
         load_state_dict_file(tmp_path / "b.bin")
