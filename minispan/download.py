@@ -155,11 +155,15 @@ def _fetch(url, part, timeout, progress):
                                          unit_divisor=1024, desc=part.name[:-len(".part")],
                                          disable=not progress) as bar:
             try:
-                while chunk := response.read(CHUNK):
-                    f.write(chunk)
+                while True:
+                    try:
+                        chunk = response.read(CHUNK)
+                    except (OSError, http.client.HTTPException) as e:  # reset, timeout, bad chunking
+                        raise _Interrupted(str(e) or type(e).__name__) from None
+                    if not chunk:
+                        break
+                    f.write(chunk)  # an OSError here (a full disk) is not the network's: no retry
                     bar.update(len(chunk))
-            except (OSError, http.client.HTTPException) as e:  # reset, timeout, bad chunking
-                raise _Interrupted(str(e) or type(e).__name__) from None
             finally:
                 f.flush()
                 os.fsync(f.fileno())

@@ -127,6 +127,20 @@ def test_one_call_resumes_by_itself(server, tmp_path):
     assert (tmp_path / "blob.bin").read_bytes() == BLOB
 
 
+def test_a_full_disk_is_not_retried_as_a_network_error(server, tmp_path):
+    """A write that fails (here: a 1 MB file-size limit, as a full disk would) is an OSError for the caller,
+    not an interrupted transfer to retry with a Range request."""
+    server.files["/blob.bin"] = BLOB
+    code = ("import resource, signal, sys; from minispan.download import download; "
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (10**6, 10**6)); "
+            "download(sys.argv[1], sys.argv[2], progress=False)")
+    result = subprocess.run([sys.executable, "-c", code, server.url + "blob.bin", str(tmp_path / "blob.bin")],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 1 and "File too large" in result.stderr
+    assert [r for _, r in server.requests] == [None]  # one request: no "resume" of a disk problem
+
+
 def test_server_ignoring_range_restarts_the_file(server, tmp_path):
     server.files["/blob.bin"] = BLOB
     server.ignore_range = True
