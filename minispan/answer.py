@@ -240,7 +240,9 @@ def pipeline(model_dir, device=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m minispan.answer", description="Answer one question from the command line and print the answer as JSON.")
+    parser = argparse.ArgumentParser(prog="python -m minispan.answer",
+                                     description="Answer one question from the command line and print the answer "
+                                                 "as JSON.")
     parser.add_argument("--model", required=True, help="directory with config.json, the weights and vocab.txt")
     parser.add_argument("--question", required=True)
     source = parser.add_mutually_exclusive_group(required=True)

@@ -209,7 +209,7 @@ def test_question_truncation_empty_context_and_errors(tokenizer):
     assert f.input_ids[:6] == [tokenizer.cls_token_id] + truncated + [tokenizer.sep_token_id]
     [f] = build_features([example(context=" ")], tokenizer)  # no context tokens: still one window, so one null score
     assert f.input_ids[-2:] == [tokenizer.sep_token_id] * 2 and f.token_type_ids[-1] == 1
-    with pytest.raises(ValueError, match=r"question of example 0 \('q'\), fewer than doc_stride=10: windows would skip"):
+    with pytest.raises(ValueError, match=r"example 0 \('q'\), fewer than doc_stride=10: windows would skip"):
         build_features([example()], tokenizer, max_seq_length=14, doc_stride=10)
     with pytest.raises(ValueError, match="doc_stride must be a positive integer, got 0"):
         build_features([example()], tokenizer, doc_stride=0)

@@ -26,7 +26,8 @@ def test_evaluation_does_not_import_torch():
 
 def test_the_documented_module_paths_work_after_import_minispan():
     # DESIGN's public API names minispan.metrics.squad_v2_metrics: no `import minispan.metrics` needed.
-    code = ("import minispan; print(minispan.metrics.squad_v2_metrics.__name__, minispan.metrics.normalize_answer('The Cat.')); "
+    code = ("import minispan; "
+            "print(minispan.metrics.squad_v2_metrics.__name__, minispan.metrics.normalize_answer('The Cat.')); "
             "print(hasattr(minispan, 'no_such_name'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["squad_v2_metrics", "cat", "False"]
