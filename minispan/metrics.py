@@ -304,6 +304,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         evaluate(args, parser.prog)
+    except BrokenPipeError:  # `evaluate.py ... | head`: the reader has what it wanted; stay quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return 1
     except (UsageError, ImportError, OSError) as e:  # OSError: an --out-file or --out-image-dir it cannot write
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2

@@ -170,6 +170,13 @@ def test_the_script_exits_2_without_a_traceback(tmp_path, sample_path):
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("evaluate.py: error:") and "Traceback" not in result.stderr
 
+    # `evaluate.py ... | head -1`: the reader goes away before the metrics are printed. Nothing on stderr.
+    _, _, _, pred_file, _ = make_inputs(tmp_path, sample_path)
+    process = subprocess.Popen([sys.executable, str(REPO / "evaluate.py"), str(pred_file), str(sample_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # before the script has read its inputs, let alone printed
+    assert process.stderr.read() == "" and process.wait(timeout=120) == 1
+
 
 # ------------------------------------------------------------------------------ the official script itself
 
