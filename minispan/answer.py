@@ -32,7 +32,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from minispan.features import build_features, make_batch
+from minispan.features import build_features, check_positive_ints, make_batch
 from minispan.postprocess import softmax
 from minispan.squad import Example
 from minispan.tokenizer import load_tokenizer
@@ -76,10 +76,8 @@ class QuestionAnsweringPipeline:
             doc_stride = min(max_seq_len // 2, 128)
         if max_question_len is None:
             max_question_len = max_seq_len
-        for name, value in [("top_k", top_k), ("max_answer_len", max_answer_len), ("max_seq_len", max_seq_len),
-                            ("max_question_len", max_question_len)]:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_ints(top_k=top_k, max_answer_len=max_answer_len, max_seq_len=max_seq_len,
+                            max_question_len=max_question_len)
         if isinstance(doc_stride, bool) or not isinstance(doc_stride, int) or doc_stride < 0:
             raise ValueError(f"doc_stride must be a non-negative integer, got {doc_stride!r}")
         if max_seq_len > self.model.config.max_position_embeddings:

@@ -381,9 +381,7 @@ def check_model_dir(directory):
         raise DownloadError(f"{directory / 'config.json'}: not a BERT config ({e})") from None
     try:
         vocab = read_vocab(directory / "vocab.txt")
-    except UnicodeDecodeError as e:
-        raise DownloadError(f"{directory / 'vocab.txt'}: not UTF-8 text ({e})") from None
-    except ValueError as e:  # an empty file
+    except ValueError as e:  # empty, or not UTF-8 (read_vocab names the file)
         raise DownloadError(str(e)) from None
     ids = max(vocab.values()) + 1  # the embedding rows it needs (the tokenizer's vocab_size)
     if ids != vocab_size or not set(SPECIAL_TOKENS) <= set(vocab):

@@ -63,6 +63,14 @@ def max_context_masks(num_tokens, starts, max_window):
     return [best_window[start : start + length] == k for k, (start, length) in enumerate(zip(starts, lengths))]
 
 
+def check_positive_ints(**sizes):
+    """Size and count arguments (here, in postprocess and in the pipeline) must be integers >= 1, numpy's
+    included, bool not: one clear error instead of a TypeError deep inside, or a silently empty result."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 def answer_token_span(token_starts, token_ends, answer_start, answer_end):
     """Token span [first, last] of the characters [answer_start, answer_end) in the context.
 
@@ -89,10 +97,7 @@ def build_features(
     In training, an example whose first answer is not found at its `start` in the context is skipped (it
     gets no features), as in the original: its target would be wrong.
     """
-    for name, value in (("max_seq_length", max_seq_length), ("doc_stride", doc_stride),
-                        ("max_query_length", max_query_length)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_positive_ints(max_seq_length=max_seq_length, doc_stride=doc_stride, max_query_length=max_query_length)
 
     # About five questions share each paragraph: tokenize every distinct context once.
     context_index = {}

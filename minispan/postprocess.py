@@ -8,10 +8,9 @@ null score = start_logits[0] + end_logits[0], the smallest over the question's w
 
 `null_odds` is what the evaluation's --na-prob-file takes: it lets the metrics pick the best threshold.
 """
-import numbers
-
 import numpy as np
 
+from minispan.features import check_positive_ints
 from minispan.files import write_json
 
 # When no window has a valid span at all, the question can only be unanswerable: give it odds above any real one.
@@ -71,9 +70,7 @@ def postprocess(
     over the listed scores), `start_logit`, `end_logit`, and for spans the character offsets `start`, `end`
     in the context.
     """
-    for name, value in (("n_best_size", n_best_size), ("max_answer_length", max_answer_length)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"postprocess: {name} must be a positive integer, got {value!r}")
+    check_positive_ints(n_best_size=n_best_size, max_answer_length=max_answer_length)
     if not (len(features) == len(start_logits) == len(end_logits)):
         raise ValueError(
             f"postprocess: {len(features)} features but {len(start_logits)} start and {len(end_logits)} end logits"

@@ -56,7 +56,7 @@ from minispan.config import BertConfig
 from minispan.cuda_graphs import GraphedGradients
 from minispan.download import DownloadError
 from minispan.features import batch_indices, build_features, make_batch
-from minispan.files import atomic_write, read_json_object, write_json
+from minispan.files import atomic_write, read_json, read_json_object, write_json
 from minispan.model import BertForQuestionAnswering
 from minispan.squad import read_squad
 from minispan.tokenizer import WordPieceTokenizer, load_tokenizer
@@ -559,8 +559,7 @@ def dev_dataset(path, examples):
     from minispan.metrics import gold_answers
 
     keep = {example.id for example in examples}
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)["data"]
+    data = read_json(path)["data"]  # read_squad has checked the file's shape
     data = [dict(article, paragraphs=[dict(p, qas=[q for q in p["qas"] if q["id"] in keep])
                                       for p in article["paragraphs"]]) for article in data]
     try:
@@ -904,10 +903,9 @@ def resume_hint(args):
     if args is None or not args.resumable:
         return ""
     out = Path(args.output_dir)
-    nodes = int(os.environ.get("WORLD_SIZE", "1")) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    local = os.environ.get("LOCAL_WORLD_SIZE", "1")
-    command = ("python" if os.environ.get("WORLD_SIZE", "1") == "1" else
-               f"torchrun {f'--nnodes {nodes} ' if nodes > 1 else ''}--nproc_per_node {local}")
+    world, local = (int(os.environ.get(name, "1")) for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"))
+    nodes = f"--nnodes {world // local} " if world // local > 1 else ""
+    command = f"torchrun {nodes}--nproc_per_node {local}" if world > 1 else "python"
     later = "" if latest_checkpoint(out) else " (no checkpoint yet: it starts again from step 0)"
     return f"; continue with: {command} train.py --resume {out}{later}"
 

@@ -385,6 +385,10 @@ def test_ensure_spanbert_refuses_files_that_do_not_fit(server, tmp_path):
         ensure_spanbert("spanbert-base-cased", tmp_path / "other", hub_url=server.url, progress=False)
     assert not (tmp_path / "other" / "spanbert-base-cased").exists()
 
+    serve_hub(server, {**files, "vocab.txt": files["vocab.txt"] + "caf\xe9\n".encode("latin-1")})
+    with pytest.raises(DownloadError, match=r"vocab\.txt: not UTF-8 text"):
+        ensure_spanbert("spanbert-base-cased", tmp_path / "third", hub_url=server.url, progress=False)
+
 
 def test_ensure_spanbert_offline_says_what_to_fetch_and_where(dead_url, tmp_path):
     with pytest.raises(DownloadError) as error:
