@@ -236,15 +236,16 @@ def load_model(path, device=None, dtype=None):
         logger.info("%s: ignored %d keys not used for span prediction: %s", weights_file, len(ignored),
                     _preview(ignored))
 
-    # Build the model where it will run, with BERT's random init (so a checkpoint without a span
-    # head already has a fresh one), then copy the checkpoint in: load_state_dict casts each tensor to
-    # its parameter's device and dtype. The file is memory-mapped (safetensors, zip-format .bin), so
-    # its bytes sit in the page cache rather than in a second in-memory copy of the model.
-    with torch.device(device if device is not None else "cpu"):
-        model = BertForQuestionAnswering(config)
-    if dtype is not None:
-        model.to(dtype)  # floating-point tensors only
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    # Check the checkpoint against the config before allocating anything, so a config.json that
+    # claims a huge model is refused instead of filling memory: first the layer count (cheap), then
+    # every shape, read off a model built on the meta device (shapes without storage, ~40 ms for
+    # BERT-base; 100,000 meta layers would still take minutes, hence the count first).
+    layers = {m.group(1) for name in state if (m := re.match(r"bert\.encoder\.layer\.(\d+)\.", name))}
+    if len(layers) != config.num_hidden_layers:
+        raise WeightsError(f"{weights_file}: holds {len(layers)} encoder layers but {config_file.name} "
+                           f"says num_hidden_layers={config.num_hidden_layers}")
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in BertForQuestionAnswering(config).state_dict().items()}
     head = [name for name in expected if name.startswith("qa_outputs.")]
     fresh_head = not any(name in state for name in head)
     missing = [name for name in expected if name not in state and not (fresh_head and name in head)]
@@ -257,6 +258,15 @@ def load_model(path, device=None, dtype=None):
         if tuple(t.shape) != expected[name]:
             raise WeightsError(f"{weights_file}: {name} has shape {tuple(t.shape)} in the checkpoint "
                                f"but {expected[name]} in {config_file.name}")
+
+    # Build the model where it will run, with BERT's random init (so a checkpoint without a span
+    # head already has a fresh one), then copy the checkpoint in: load_state_dict casts each tensor to
+    # its parameter's device and dtype. The file is memory-mapped (safetensors, zip-format .bin), so
+    # its bytes sit in the page cache rather than in a second in-memory copy of the model.
+    with torch.device(device if device is not None else "cpu"):
+        model = BertForQuestionAnswering(config)
+    if dtype is not None:
+        model.to(dtype)  # floating-point tensors only
     model.load_state_dict(state, strict=False)  # strict=False: only a wholly absent span head, checked above
     if fresh_head:
         logger.warning("%s has no span head (qa_outputs): initialised a fresh one; fine-tune before use",

@@ -2,6 +2,7 @@
 transformers depends on), safe .bin loading, name mapping for every layout SpanBERT users meet (written
 from the real MiniLM weights; oracle: transformers), save/load round trips, and bad files.
 """
+import dataclasses
 import json
 import logging
 import struct
@@ -257,8 +258,10 @@ def test_mapping_errors_name_the_keys(tmp_path):
     cases = [
         ({k: v for k, v in good.items() if k != "bert.encoder.layer.1.output.dense.bias"},
          r"missing keys bert\.encoder\.layer\.1\.output\.dense\.bias"),
+        ({**good, "bert.encoder.layer.1.output.extra.bias": torch.zeros(32)},
+         r"unexpected keys bert\.encoder\.layer\.1\.output\.extra\.bias"),
         ({**good, "bert.encoder.layer.2.output.dense.bias": torch.zeros(32)},
-         r"unexpected keys bert\.encoder\.layer\.2\.output\.dense\.bias"),
+         r"model\.safetensors: holds 3 encoder layers but config\.json says num_hidden_layers=2"),
         ({**good, "bert.encoder.layer.0.intermediate.dense.weight": torch.zeros(36, 32)},
          r"bert\.encoder\.layer\.0\.intermediate\.dense\.weight has shape \(36, 32\) in the checkpoint "
          r"but \(37, 32\) in config\.json"),
@@ -267,6 +270,19 @@ def test_mapping_errors_name_the_keys(tmp_path):
     for i, (state, message) in enumerate(cases):
         with pytest.raises(WeightsError, match=message):
             load_model(write_checkpoint(tmp_path / str(i), state))
+
+
+def test_config_is_checked_against_the_weights_before_allocating(tmp_path):
+    # A config.json claiming a huge model must be refused from the checkpoint's shapes, not by trying to
+    # allocate it: a billion layers, or 2 layers 131,072 wide (about 1 TB of float32 weights), each
+    # against the tiny 2-layer checkpoint.
+    state = tiny_model().state_dict()
+    deep = dataclasses.replace(TINY, num_hidden_layers=10**9)
+    with pytest.raises(WeightsError, match=r"holds 2 encoder layers but config\.json says num_hidden_layers=1000000000"):
+        load_model(write_checkpoint(tmp_path / "deep", state, config=deep))
+    wide = dataclasses.replace(TINY, hidden_size=2**17, intermediate_size=2**17)
+    with pytest.raises(WeightsError, match=r"has shape \(99, 32\) in the checkpoint but \(99, 131072\)"):
+        load_model(write_checkpoint(tmp_path / "wide", state, config=wide))
 
 
 def test_missing_files_and_bad_config(tmp_path):
