@@ -140,10 +140,10 @@ def _fetch(url, part, timeout, progress):
         raise DownloadError(f"cannot download {url}: {getattr(e, 'reason', e)}") from None
 
     with response:
-        if offset and response.status == 206:
+        if response.status == 206:  # a part of the file (even unasked): the whole file's size is in Content-Range
             start, total = _content_range(response.headers.get("Content-Range"))
             if start != offset:  # not the bytes we asked for: start over on the next attempt
-                part.unlink()
+                part.unlink(missing_ok=True)
                 raise _Interrupted(f"asked for bytes from {offset}, got Content-Range "
                                    f"{response.headers.get('Content-Range')!r}")
             mode = "ab"
