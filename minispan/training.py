@@ -213,6 +213,17 @@ def read_run_config(output_dir):
     saved = read_json_object(path)
     if not isinstance(saved.get("args"), dict):
         raise TrainingError(f"{path}: expected an object with the run's 'args'")
+    # A hand-edited file: each setting must still be what its flag would parse to.
+    for action in build_parser()._actions:
+        value = saved["args"].get(action.dest)
+        kind = action.type or (bool if action.nargs == 0 else str)  # nargs 0: a store_true/false switch
+        if value is None or action.dest == "help":
+            continue
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, (int, float) if kind is float else kind) \
+                or (action.choices and value not in action.choices):
+            expected = " or ".join(map(repr, action.choices)) if action.choices else \
+                {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
+            raise TrainingError(f"{path}: args.{action.dest} must be {expected}, got {json.dumps(value)}")
     return saved["args"]
 
 
@@ -891,7 +902,9 @@ def log(record, log_file, bar, precision):
     """One logging step: the progress bar, a line of log.jsonl, a warning for non-finite gradients."""
     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", feat_s=f"{record['features_per_s']:.1f}")
     with open(log_file, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+        # A diverged run's NaN/inf is written as null: bare NaN is Python's extension, not JSON.
+        f.write(json.dumps({key: value if not isinstance(value, float) or math.isfinite(value) else None
+                            for key, value in record.items()}, allow_nan=False) + "\n")
     if record["nonfinite_steps"]:
         logger.warning("%d step(s) since the last log had non-finite gradients%s", record["nonfinite_steps"],
                        " (skipped by the loss scaler)" if precision == "fp16" else "")

@@ -107,6 +107,21 @@ def test_a_run_resumes_from_any_working_directory(tmp_path, sample_path, monkeyp
     assert "remove --train-file" in capsys.readouterr().err
 
 
+def test_a_hand_edited_run_config_is_one_clear_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    cases = [({"lr": "fast"}, "args.lr must be a number, got \"fast\""),
+             ({"epochs": 2.5}, "args.epochs must be an integer, got 2.5"),
+             ({"epochs": True}, "args.epochs must be an integer, got true"),
+             ({"compile": "yes"}, "args.compile must be true or false, got \"yes\""),
+             ({"precision": "bf32"}, "args.precision must be 'bf16' or 'fp16' or 'fp32', got \"bf32\""),
+             ({"train_file": ["a.json"]}, "args.train_file must be a string, got [\"a.json\"]")]
+    for edit, message in cases:
+        (run / "run_config.json").write_text(json.dumps({"args": {"lr": 3e-5, "epochs": 2, **edit}}))
+        assert main(["--resume", str(run)]) == 2
+        assert capsys.readouterr().err.strip() == f"error: {run / 'run_config.json'}: {message}"
+
+
 def test_micro_batches_need_not_divide_the_global_batch(tmp_path, capsys):
     """--per-device-batch-size 3 splits the demo's batches of 8 into 3 + 3 + 2 (and its last batch, of 5, into
     3 + 2): each micro-batch weighted by its size, the run answers as the unsplit one does."""
@@ -287,6 +302,12 @@ def test_bad_input_is_one_clear_line_and_overwrites_nothing(tmp_path, sample_pat
     assert main(["--demo", "--epochs", "1", "--lr", "1e10", "--output-dir", str(tmp_path / "diverged")]) == 2
     last_line = capsys.readouterr().err.splitlines()[-1]
     assert last_line.startswith("error: the model's outputs are not finite (NaN or inf): training diverged")
+    # Its log.jsonl stays standard JSON (null, not Python's bare NaN, which jq and browsers refuse).
+    def strict(constant):
+        raise AssertionError(f"log.jsonl holds the non-JSON constant {constant}")
+    logged = [json.loads(line, parse_constant=strict)
+              for line in (tmp_path / "diverged" / "log.jsonl").read_text().splitlines()]
+    assert None in (logged[-1]["loss"], logged[-1]["grad_norm"])
 
     if not torch.cuda.is_available():
         result = train_py("--demo", "--device", "cuda", "--output-dir", out, check=False)
