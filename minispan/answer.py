@@ -231,7 +231,11 @@ def parse_inputs(inputs, question, context):
 
 
 def pipeline(model_dir, device=None):
-    """Load a fine-tuned model and its tokenizer from `model_dir`; returns a question-answering callable."""
+    """Load a fine-tuned model and its tokenizer from `model_dir`; returns a question-answering callable.
+
+    device: None (the CPU), "auto" (the GPU if there is one), or anything torch.device takes."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = load_tokenizer(model_dir)  # first: a missing vocabulary fails fast, before the weights load
     model = load_model(model_dir, device=device)
     return QuestionAnsweringPipeline(model, tokenizer, device=device)

@@ -134,6 +134,11 @@ def test_answers_are_spans_of_the_context(tiny_dir):
     answers = qa(question="Where?", context=CONTEXT, top_k=3, handle_impossible_answer=True)
     assert len(answers) == 3 and [a["score"] for a in answers] == sorted((a["score"] for a in answers), reverse=True)
     assert load_tokenizer(tiny_dir).lowercase
+    # device="auto", as the CLI takes it: the GPU when there is one, else the CPU (the same answer here).
+    auto = pipeline(tiny_dir, device="auto")
+    assert auto.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        assert auto(question="Who did Ann meet?", context=CONTEXT) == answer
 
 
 def test_top_k_beyond_the_valid_spans_returns_only_valid_spans(tiny_dir):
