@@ -14,6 +14,10 @@ def test_write_json_round_trip(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
+    # Replacing a file keeps its mode, as writing it in place would.
+    path.chmod(0o640)
+    write_json(path, {"b": 2})
+    assert path.stat().st_mode & 0o777 == 0o640 and json.loads(path.read_text()) == {"b": 2}
 
 
 def test_failed_write_leaves_old_file_and_no_temp(tmp_path):
