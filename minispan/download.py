@@ -13,7 +13,7 @@ release tarball on dl.fbaipublicfiles.com.
 
 Every file is fetched to NAME.part and renamed once complete, so an interrupted download is
 resumed with an HTTP Range request instead of restarted, and a half file is never taken for a
-whole one. Nothing is used before it is validated. Offline, the error says what to fetch from
+whole one. A file larger than any of these (4 GiB) is refused. Nothing is used before it is validated. Offline, the error says what to fetch from
 where and where to put it.
 
     python -m minispan.download squad|spanbert-base-cased|spanbert-large-cased [--dest DIR]
@@ -54,6 +54,7 @@ SPANBERT = {
 WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 CHUNK = 1 << 20
+MAX_BYTES = 4 << 30  # per file: SpanBERT-large's tarball is 1.2 GB; a server sending more is not sending it
 USER_AGENT = "minispan-download"
 
 
@@ -72,12 +73,12 @@ def _base_url(given, env_var, default):
 
 # --- one file over HTTP, resumable ------------------------------------------------------------
 
-def download(url, dest, attempts=3, timeout=60, progress=True):
+def download(url, dest, attempts=3, timeout=60, progress=True, max_bytes=MAX_BYTES):
     """Fetch `url` into `dest` through `dest`.part; an interrupted transfer resumes where it stopped.
 
     Connection refused, unknown host or an HTTP error status fail at once (retrying won't help);
     a transfer cut midway is resumed up to `attempts` times, then the .part file is kept for the
-    next call.
+    next call. A file over `max_bytes` is refused and removed, so a wrong server cannot fill the disk.
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
@@ -86,7 +87,7 @@ def download(url, dest, attempts=3, timeout=60, progress=True):
     with _new_folders(dest.parent):
         for attempt in range(1, attempts + 1):
             try:
-                _fetch(url, part, timeout, progress)
+                _fetch(url, part, timeout, progress, max_bytes)
                 break
             except _Interrupted as e:
                 if attempt == attempts:
@@ -124,7 +125,7 @@ class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_HttpRedirectsOnly)
 
 
-def _fetch(url, part, timeout, progress):
+def _fetch(url, part, timeout, progress, max_bytes):
     offset = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     if offset:
@@ -134,7 +135,7 @@ def _fetch(url, part, timeout, progress):
     except urllib.error.HTTPError as e:
         if e.code == 416 and offset:  # the .part is as long as the file or longer: start afresh
             part.unlink()
-            return _fetch(url, part, timeout, progress)
+            return _fetch(url, part, timeout, progress, max_bytes)
         raise DownloadError(f"cannot download {url}: HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:  # offline, refused, ...
         raise DownloadError(f"cannot download {url}: {getattr(e, 'reason', e)}") from None
@@ -151,6 +152,11 @@ def _fetch(url, part, timeout, progress):
             offset, mode = 0, "wb"
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
+        announced = max(offset, total or 0)
+        if announced > max_bytes:
+            part.unlink(missing_ok=True)
+            raise DownloadError(f"cannot download {url}: {announced:,} bytes, more than the "
+                                f"{max_bytes:,} any file here needs")
         with open(part, mode) as f, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
                                          unit_divisor=1024, desc=part.name[:-len(".part")],
                                          disable=not progress) as bar:
@@ -162,11 +168,18 @@ def _fetch(url, part, timeout, progress):
                         raise _Interrupted(str(e) or type(e).__name__) from None
                     if not chunk:
                         break
+                    offset += len(chunk)
+                    if offset > max_bytes:  # no size was announced
+                        f.close()
+                        part.unlink()
+                        raise DownloadError(f"cannot download {url}: more than the {max_bytes:,} bytes "
+                                            "any file here needs")
                     f.write(chunk)  # an OSError here (a full disk) is not the network's: no retry
                     bar.update(len(chunk))
             finally:
-                f.flush()
-                os.fsync(f.fileno())
+                if not f.closed:
+                    f.flush()
+                    os.fsync(f.fileno())
     # urllib returns a short body without complaint when the server hangs up early.
     size = part.stat().st_size
     if total is not None and size != total:

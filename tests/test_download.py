@@ -35,6 +35,7 @@ class FakeServer:
         self.drop_after = {}  # path -> bytes sent before hanging up (on the next request only)
         self.redirects = {}  # path -> path, answered with 302 as the hub does (to its CDN)
         self.ignore_range = False
+        self.no_length = set()  # paths sent without Content-Length (the end of the body is the hang-up)
         self.unasked_part = {}  # path -> bytes of a 206 partial reply to the next request without Range
         self.url = None
 
@@ -75,7 +76,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         else:
             self.send_response(200)
-        self.send_header("Content-Length", str(len(body) - start))
+        if self.path in fake.no_length:
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
         cut = fake.drop_after.pop(self.path, None)
         self.wfile.write(body[start:] if cut is None else body[start:start + cut])
@@ -156,6 +160,24 @@ def test_server_ignoring_range_restarts_the_file(server, tmp_path):
     (tmp_path / "blob.bin.part").write_bytes(b"stale bytes from another file")
     download(server.url + "blob.bin", tmp_path / "blob.bin", progress=False)
     assert server.requests == [("/blob.bin", "bytes=29-")]  # asked to resume, got 200: whole file
+    assert (tmp_path / "blob.bin").read_bytes() == BLOB
+
+
+def test_a_file_too_large_is_refused_and_removed(server, tmp_path):
+    server.files["/blob.bin"] = BLOB
+    with pytest.raises(DownloadError, match=r"blob\.bin: 2,500,000 bytes, more than the 1,000,000 any file"):
+        download(server.url + "blob.bin", tmp_path / "blob.bin", progress=False, max_bytes=1_000_000)
+    assert files_under(tmp_path) == []
+    server.no_length.add("/blob.bin")  # no size announced: stopped once past the limit
+    with pytest.raises(DownloadError, match=r"blob\.bin: more than the 1,000,000 bytes any file here needs"):
+        download(server.url + "blob.bin", tmp_path / "blob.bin", progress=False, max_bytes=1_000_000)
+    assert files_under(tmp_path) == []
+    # A resumed file is judged by the whole file's size (Content-Range), not the part still to come.
+    (tmp_path / "blob.bin.part").write_bytes(BLOB[:2_000_000])
+    with pytest.raises(DownloadError, match=r"2,500,000 bytes, more than the 1,000,000"):
+        download(server.url + "blob.bin", tmp_path / "blob.bin", progress=False, max_bytes=1_000_000)
+    assert files_under(tmp_path) == []
+    download(server.url + "blob.bin", tmp_path / "blob.bin", progress=False, max_bytes=len(BLOB))  # just fits
     assert (tmp_path / "blob.bin").read_bytes() == BLOB
 
 
