@@ -13,8 +13,8 @@ release tarball on dl.fbaipublicfiles.com.
 
 Every file is fetched to NAME.part and renamed once complete, so an interrupted download is
 resumed with an HTTP Range request instead of restarted, and a half file is never taken for a
-whole one. A file larger than any of these (4 GiB) is refused. Nothing is used before it is validated. Offline, the error says what to fetch from
-where and where to put it.
+whole one. A file over 4 GiB, larger than any of these, is refused. Nothing is used before it is
+validated. Offline, the error says what to fetch from where and where to put it.
 
     python -m minispan.download squad|spanbert-base-cased|spanbert-large-cased [--dest DIR]
 """

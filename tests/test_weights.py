@@ -278,7 +278,8 @@ def test_config_is_checked_against_the_weights_before_allocating(tmp_path):
     # against the tiny 2-layer checkpoint.
     state = tiny_model().state_dict()
     deep = dataclasses.replace(TINY, num_hidden_layers=10**9)
-    with pytest.raises(WeightsError, match=r"holds 2 encoder layers but config\.json says num_hidden_layers=1000000000"):
+    with pytest.raises(WeightsError, match=r"holds 2 encoder layers but config\.json says "
+                                           r"num_hidden_layers=1000000000"):
         load_model(write_checkpoint(tmp_path / "deep", state, config=deep))
     wide = dataclasses.replace(TINY, hidden_size=2**17, intermediate_size=2**17)
     with pytest.raises(WeightsError, match=r"has shape \(99, 32\) in the checkpoint but \(99, 131072\)"):
