@@ -4,9 +4,10 @@
     torchrun --nproc_per_node 8 train.py --device cuda   # the same run on 8 GPUs
     python train.py --demo                               # a tiny model on data/sample.json, CPU, < 1 minute
 
-The recipe is SpanBERT's: AdamW (weight decay 0.01, none on biases and LayerNorm weights), lr 2e-5 with a
-linear warm-up over the first 10% of the steps and a linear decay to 0, global batch 32, 4 epochs, windows
-of 512 tokens with a stride of 128, gradient clipping at 1.0.
+The recipe is SpanBERT's: lr 2e-5 with a linear warm-up over the first 10% of the steps and a linear decay
+to 0, global batch 32, 4 epochs, windows of 512 tokens with a stride of 128, gradient clipping at 1.0,
+weight decay 0.01 (none on biases and LayerNorm weights). The optimizer is PyTorch's AdamW, as in
+transformers' Trainer; SpanBERT's own Adam had no bias correction (docs/08-reproducing-the-paper.md).
 
 One optimizer step consumes one *global batch* of `--batch-size` features. With P processes (torchrun) and
 micro-batches of `--per-device-batch-size`, every process takes every P-th feature of the global batch and
@@ -34,6 +35,9 @@ Only rank 0 writes files. Outputs in --output-dir:
     span_predictions.json                every question's best span, before the cut
     eval_results.json                    the official SQuAD v2 metrics of span_predictions.json with the null
                                          odds at threshold 0: raw = predictions.json's, best_* over all thresholds
+
+Reading order: the step (micro_batches, train_step), then the run (train, fit, evaluate). The command
+line's plumbing (flags, defaults, --resume's checks, the output dir) is last in the file.
 """
 import argparse
 import contextlib
@@ -92,139 +96,6 @@ RUN_FILES = ("run_config.json", "log.jsonl", "checkpoints", "config.json", "mode
 
 class TrainingError(ValueError):
     """Bad settings or input for a training run: main() prints it as one line and exits with status 2."""
-
-
-# ---------------------------------------------------------------------------------------------
-# command line
-
-
-def build_parser():
-    p = argparse.ArgumentParser(
-        prog="train.py", description="Fine-tune BERT/SpanBERT on SQuAD 2.0, then predict and evaluate the dev set.")
-    d = DEFAULTS
-    p.add_argument("--model", help=f"a model directory, or spanbert-base-cased / spanbert-large-cased "
-                                   f"(downloaded) (default {d['model']})")
-    p.add_argument("--train-file", help="SQuAD 2.0 training JSON (default data/train-v2.0.json, downloaded)")
-    p.add_argument("--dev-file", help="SQuAD 2.0 dev JSON to predict and score (default data/dev-v2.0.json)")
-    p.add_argument("--output-dir", help="where the run writes (default runs/<model name>)")
-    p.add_argument("--epochs", type=int, help=f"passes over the training set (default {d['epochs']})")
-    p.add_argument("--lr", type=float, help=f"peak learning rate (default {d['lr']})")
-    p.add_argument("--batch-size", type=int,
-                   help=f"global batch: features per optimizer step (default {d['batch_size']})")
-    p.add_argument("--per-device-batch-size", type=int,
-                   help="micro-batch per process; the rest is gradient accumulation (default batch-size / "
-                        "processes, rounded up; need not divide it)")
-    p.add_argument("--max-seq-length", type=int, help=f"tokens per window (default {d['max_seq_length']})")
-    p.add_argument("--doc-stride", type=int, help=f"step between windows, in tokens (default {d['doc_stride']})")
-    p.add_argument("--max-query-length", type=int, help=f"question tokens kept (default {d['max_query_length']})")
-    p.add_argument("--warmup-ratio", type=float, help=f"share of steps warming up (default {d['warmup_ratio']})")
-    p.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {d['weight_decay']})")
-    p.add_argument("--max-grad-norm", type=float, help=f"gradient clipping; 0 = off (default {d['max_grad_norm']})")
-    p.add_argument("--seed", type=int, help=f"seed for the head, shuffling and dropout (default {d['seed']})")
-    p.add_argument("--save-every", type=int, help=f"checkpoint every N steps; 0 = never (default {d['save_every']})")
-    p.add_argument("--log-every", type=int, help=f"log every N steps (default {d['log_every']})")
-    p.add_argument("--resume", metavar="OUTPUT_DIR", help="continue the run in OUTPUT_DIR from its newest checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace the run already in --output-dir")
-    p.add_argument("--limit", type=int, help="use only the first N questions of each file (quick runs)")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto: cuda when available)")
-    p.add_argument("--precision", choices=("bf16", "fp16", "fp32"),
-                   help="default: bf16 where the GPU supports it, else fp16 with loss scaling; fp32 on CPU")
-    p.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile each encoder layer (fused elementwise kernels): one compile of tens of "
-                        "seconds that serves every batch width (one more for a 1-feature batch, one for "
-                        "evaluation)")
-    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None,
-                   help="on a GPU, launch the step's kernels one by one instead of replaying them from CUDA "
-                        "graphs (slower; for debugging)")
-    p.add_argument("--dropout", type=float, help="override both dropout rates (0 makes runs comparable)")
-    p.add_argument("--demo", action="store_true", default=None,
-                   help="offline, CPU, < 1 minute: a tiny random BERT learns data/sample.json")
-    return p
-
-
-def parse_args(argv=None):
-    """Parse the flags and fill in the defaults: the recipe's, the demo's, or (--resume) the run's own."""
-    args = build_parser().parse_args(argv)
-    given = {name for name, value in vars(args).items() if value is not None and name not in ("resume", "overwrite")}
-    if args.resume and args.overwrite:
-        raise TrainingError("--resume continues the run in its directory, --overwrite replaces it: give one")
-    if args.resume:
-        saved = read_run_config(Path(args.resume))
-        changed = sorted(name for name in given - RESUMABLE if not same_as_saved(name, getattr(args, name), saved))
-        if changed:
-            raise TrainingError(f"--resume continues {args.resume} with its saved settings; remove "
-                                + ", ".join("--" + name.replace("_", "-") for name in changed))
-        for name, value in saved.items():
-            if name not in RESUMABLE or getattr(args, name, None) is None:
-                setattr(args, name, value)
-        args.output_dir = args.resume
-    else:
-        if args.demo and args.model is not None:
-            raise TrainingError("--demo trains its own tiny model from scratch; it takes no --model")
-        for name, value in (DEMO if args.demo else DEFAULTS).items():
-            if getattr(args, name) is None:
-                setattr(args, name, value)
-        if args.output_dir is None:
-            args.output_dir = str(Path("runs") / Path(args.model).name)
-    args.demo, args.compile = bool(args.demo), bool(args.compile)
-    args.resumable = bool(args.resume)  # and, for a new run, once its run_config.json is written
-    args.cuda_graphs = args.cuda_graphs is not False  # a run saved before the flag existed used them
-    check_args(args)
-    return args
-
-
-def same_as_saved(name, given, saved):
-    """Is a flag repeated with --resume the run's own? The files it used are saved as absolute paths."""
-    value = saved.get(name)
-    if given == value:
-        return True
-    if name in ("train_file", "dev_file", "model") and isinstance(value, str):
-        if Path(given).exists():
-            return str(Path(given).resolve()) == value
-        return name == "model" and Path(value).name == given  # a SpanBERT name: the folder it downloaded to
-    return False
-
-
-def check_args(args):
-    for name in ("lr", "weight_decay", "max_grad_norm", "warmup_ratio"):  # argparse's float() takes nan and inf
-        if not math.isfinite(getattr(args, name)):
-            raise TrainingError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(args, name)}")
-    positive = ("epochs", "lr", "batch_size", "max_seq_length", "doc_stride", "max_query_length", "log_every")
-    for name in positive:
-        if not getattr(args, name) > 0:
-            raise TrainingError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
-    for name in ("weight_decay", "max_grad_norm", "save_every"):
-        if getattr(args, name) < 0:
-            raise TrainingError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if not 0 <= args.warmup_ratio <= 1:
-        raise TrainingError(f"--warmup-ratio must be between 0 and 1, got {args.warmup_ratio}")
-    if args.dropout is not None and not 0 <= args.dropout < 1:
-        raise TrainingError(f"--dropout must be in [0, 1), got {args.dropout}")
-    if args.limit is not None and args.limit < 1:
-        raise TrainingError(f"--limit must be >= 1, got {args.limit}")
-    if args.per_device_batch_size is not None and args.per_device_batch_size < 1:
-        raise TrainingError(f"--per-device-batch-size must be >= 1, got {args.per_device_batch_size}")
-
-
-def read_run_config(output_dir):
-    path = output_dir / "run_config.json"
-    if not path.is_file():
-        raise TrainingError(f"--resume {output_dir}: no run_config.json there (not a training run's output dir)")
-    saved = read_json_object(path)
-    if not isinstance(saved.get("args"), dict):
-        raise TrainingError(f"{path}: expected an object with the run's 'args'")
-    # A hand-edited file: each setting must still be what its flag would parse to.
-    for action in build_parser()._actions:
-        value = saved["args"].get(action.dest)
-        kind = action.type or (bool if action.nargs == 0 else str)  # nargs 0: a store_true/false switch
-        if value is None or action.dest == "help":
-            continue
-        if isinstance(value, bool) != (kind is bool) or not isinstance(value, (int, float) if kind is float else kind) \
-                or (action.choices and value not in action.choices):
-            expected = " or ".join(map(repr, action.choices)) if action.choices else \
-                {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
-            raise TrainingError(f"{path}: args.{action.dest} must be {expected}, got {json.dumps(value)}")
-    return saved["args"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -631,42 +502,12 @@ def demo_tokenizer(examples):
     return WordPieceTokenizer({token: i for i, token in enumerate(tokens)}, lowercase=True)
 
 
-def check_output_dir(args):
-    """Refuse to write over another run (its model, its results) unless --overwrite or --resume."""
-    out = Path(args.output_dir)
-    if args.resume or not out.exists():
-        return
-    if not out.is_dir():
-        raise TrainingError(f"--output-dir {out}: exists and is not a directory")
-    present = [name for name in RUN_FILES if (out / name).exists()]
-    if not present or args.overwrite:
-        return
-    if args.demo and (out / "run_config.json").is_file():  # re-running the demo replaces the demo
-        try:
-            if read_run_config(out).get("demo"):
-                return
-        except (TrainingError, ValueError):
-            pass
-    raise TrainingError(f"--output-dir {out} holds another run ({', '.join(present)}); "
-                        "use --resume to continue it, --overwrite to replace it, or another --output-dir")
-
-
-def clear_output_dir(out):
-    """Remove a previous run's files (only the names a run writes), so nothing stale is mistaken for ours."""
-    for name in RUN_FILES:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-
-
 # ---------------------------------------------------------------------------------------------
 # prediction and evaluation
 
 
 @torch.no_grad()
-def predict(model, features, device, precision, batch_size=64, pad_token_id=0, progress=False):
+def predict_logits(model, features, device, precision, batch_size=64, pad_token_id=0, progress=False):
     """Start and end logits for every feature, unpadded, in the features' order (as postprocess wants)."""
     model.eval()
     lengths = [len(f.input_ids) for f in features]
@@ -695,7 +536,7 @@ def evaluate(model, examples, features, data, device, precision, pad_token_id, o
     from minispan.metrics import squad_v2_metrics
     from minispan.postprocess import postprocess, write_predictions
 
-    start_logits, end_logits = predict(model, features, device, precision, pad_token_id=pad_token_id,
+    start_logits, end_logits = predict_logits(model, features, device, precision, pad_token_id=pad_token_id,
                                        progress=progress)
     if not all(np.isfinite(logits).all() for logits in start_logits + end_logits):
         raise TrainingError("the model's outputs are not finite (NaN or inf): training diverged; see the loss in "
@@ -908,6 +749,169 @@ def log(record, log_file, bar, precision):
     if record["nonfinite_steps"]:
         logger.warning("%d step(s) since the last log had non-finite gradients%s", record["nonfinite_steps"],
                        " (skipped by the loss scaler)" if precision == "fp16" else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line: flags, defaults, --resume, the output dir
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="train.py", description="Fine-tune BERT/SpanBERT on SQuAD 2.0, then predict and evaluate the dev set.")
+    d = DEFAULTS
+    p.add_argument("--model", help=f"a model directory, or spanbert-base-cased / spanbert-large-cased "
+                                   f"(downloaded) (default {d['model']})")
+    p.add_argument("--train-file", help="SQuAD 2.0 training JSON (default data/train-v2.0.json, downloaded)")
+    p.add_argument("--dev-file", help="SQuAD 2.0 dev JSON to predict and score (default data/dev-v2.0.json)")
+    p.add_argument("--output-dir", help="where the run writes (default runs/<model name>)")
+    p.add_argument("--epochs", type=int, help=f"passes over the training set (default {d['epochs']})")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default {d['lr']})")
+    p.add_argument("--batch-size", type=int,
+                   help=f"global batch: features per optimizer step (default {d['batch_size']})")
+    p.add_argument("--per-device-batch-size", type=int,
+                   help="micro-batch per process; the rest is gradient accumulation (default batch-size / "
+                        "processes, rounded up; need not divide it)")
+    p.add_argument("--max-seq-length", type=int, help=f"tokens per window (default {d['max_seq_length']})")
+    p.add_argument("--doc-stride", type=int, help=f"step between windows, in tokens (default {d['doc_stride']})")
+    p.add_argument("--max-query-length", type=int, help=f"question tokens kept (default {d['max_query_length']})")
+    p.add_argument("--warmup-ratio", type=float, help=f"share of steps warming up (default {d['warmup_ratio']})")
+    p.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {d['weight_decay']})")
+    p.add_argument("--max-grad-norm", type=float, help=f"gradient clipping; 0 = off (default {d['max_grad_norm']})")
+    p.add_argument("--seed", type=int, help=f"seed for the head, shuffling and dropout (default {d['seed']})")
+    p.add_argument("--save-every", type=int, help=f"checkpoint every N steps; 0 = never (default {d['save_every']})")
+    p.add_argument("--log-every", type=int, help=f"log every N steps (default {d['log_every']})")
+    p.add_argument("--resume", metavar="OUTPUT_DIR", help="continue the run in OUTPUT_DIR from its newest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --output-dir")
+    p.add_argument("--limit", type=int, help="use only the first N questions of each file (quick runs)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto: cuda when available)")
+    p.add_argument("--precision", choices=("bf16", "fp16", "fp32"),
+                   help="default: bf16 where the GPU supports it, else fp16 with loss scaling; fp32 on CPU")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile each encoder layer (fused elementwise kernels): one compile of tens of "
+                        "seconds that serves every batch width (one more for a 1-feature batch, one for "
+                        "evaluation)")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None,
+                   help="on a GPU, launch the step's kernels one by one instead of replaying them from CUDA "
+                        "graphs (slower; for debugging)")
+    p.add_argument("--dropout", type=float, help="override both dropout rates (0 makes runs comparable)")
+    p.add_argument("--demo", action="store_true", default=None,
+                   help="offline, CPU, < 1 minute: a tiny random BERT learns data/sample.json")
+    return p
+
+
+def parse_args(argv=None):
+    """Parse the flags and fill in the defaults: the recipe's, the demo's, or (--resume) the run's own."""
+    args = build_parser().parse_args(argv)
+    given = {name for name, value in vars(args).items() if value is not None and name not in ("resume", "overwrite")}
+    if args.resume and args.overwrite:
+        raise TrainingError("--resume continues the run in its directory, --overwrite replaces it: give one")
+    if args.resume:
+        saved = read_run_config(Path(args.resume))
+        changed = sorted(name for name in given - RESUMABLE if not same_as_saved(name, getattr(args, name), saved))
+        if changed:
+            raise TrainingError(f"--resume continues {args.resume} with its saved settings; remove "
+                                + ", ".join("--" + name.replace("_", "-") for name in changed))
+        for name, value in saved.items():
+            if name not in RESUMABLE or getattr(args, name, None) is None:
+                setattr(args, name, value)
+        args.output_dir = args.resume
+    else:
+        if args.demo and args.model is not None:
+            raise TrainingError("--demo trains its own tiny model from scratch; it takes no --model")
+        for name, value in (DEMO if args.demo else DEFAULTS).items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+        if args.output_dir is None:
+            args.output_dir = str(Path("runs") / Path(args.model).name)
+    args.demo, args.compile = bool(args.demo), bool(args.compile)
+    args.resumable = bool(args.resume)  # and, for a new run, once its run_config.json is written
+    args.cuda_graphs = args.cuda_graphs is not False  # a run saved before the flag existed used them
+    check_args(args)
+    return args
+
+
+def same_as_saved(name, given, saved):
+    """Is a flag repeated with --resume the run's own? The files it used are saved as absolute paths."""
+    value = saved.get(name)
+    if given == value:
+        return True
+    if name in ("train_file", "dev_file", "model") and isinstance(value, str):
+        if Path(given).exists():
+            return str(Path(given).resolve()) == value
+        return name == "model" and Path(value).name == given  # a SpanBERT name: the folder it downloaded to
+    return False
+
+
+def check_args(args):
+    for name in ("lr", "weight_decay", "max_grad_norm", "warmup_ratio"):  # argparse's float() takes nan and inf
+        if not math.isfinite(getattr(args, name)):
+            raise TrainingError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(args, name)}")
+    positive = ("epochs", "lr", "batch_size", "max_seq_length", "doc_stride", "max_query_length", "log_every")
+    for name in positive:
+        if not getattr(args, name) > 0:
+            raise TrainingError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    for name in ("weight_decay", "max_grad_norm", "save_every"):
+        if getattr(args, name) < 0:
+            raise TrainingError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if not 0 <= args.warmup_ratio <= 1:
+        raise TrainingError(f"--warmup-ratio must be between 0 and 1, got {args.warmup_ratio}")
+    if args.dropout is not None and not 0 <= args.dropout < 1:
+        raise TrainingError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.limit is not None and args.limit < 1:
+        raise TrainingError(f"--limit must be >= 1, got {args.limit}")
+    if args.per_device_batch_size is not None and args.per_device_batch_size < 1:
+        raise TrainingError(f"--per-device-batch-size must be >= 1, got {args.per_device_batch_size}")
+
+
+def read_run_config(output_dir):
+    path = output_dir / "run_config.json"
+    if not path.is_file():
+        raise TrainingError(f"--resume {output_dir}: no run_config.json there (not a training run's output dir)")
+    saved = read_json_object(path)
+    if not isinstance(saved.get("args"), dict):
+        raise TrainingError(f"{path}: expected an object with the run's 'args'")
+    # A hand-edited file: each setting must still be what its flag would parse to.
+    for action in build_parser()._actions:
+        value = saved["args"].get(action.dest)
+        kind = action.type or (bool if action.nargs == 0 else str)  # nargs 0: a store_true/false switch
+        if value is None or action.dest == "help":
+            continue
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, (int, float) if kind is float else kind) \
+                or (action.choices and value not in action.choices):
+            expected = " or ".join(map(repr, action.choices)) if action.choices else \
+                {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
+            raise TrainingError(f"{path}: args.{action.dest} must be {expected}, got {json.dumps(value)}")
+    return saved["args"]
+
+
+def check_output_dir(args):
+    """Refuse to write over another run (its model, its results) unless --overwrite or --resume."""
+    out = Path(args.output_dir)
+    if args.resume or not out.exists():
+        return
+    if not out.is_dir():
+        raise TrainingError(f"--output-dir {out}: exists and is not a directory")
+    present = [name for name in RUN_FILES if (out / name).exists()]
+    if not present or args.overwrite:
+        return
+    if args.demo and (out / "run_config.json").is_file():  # re-running the demo replaces the demo
+        try:
+            if read_run_config(out).get("demo"):
+                return
+        except (TrainingError, ValueError):
+            pass
+    raise TrainingError(f"--output-dir {out} holds another run ({', '.join(present)}); "
+                        "use --resume to continue it, --overwrite to replace it, or another --output-dir")
+
+
+def clear_output_dir(out):
+    """Remove a previous run's files (only the names a run writes), so nothing stale is mistaken for ours."""
+    for name in RUN_FILES:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def resume_hint(args):
