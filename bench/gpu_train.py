@@ -41,7 +41,7 @@ torch's FlopCounterMode. MFU = counted FLOPs / time / the card's bf16 peak, wher
 (an 8192^3 bf16 matrix product; the H100's datasheet says 989 TFLOP/s dense, which no real kernel reaches).
 
 Also timed: dev-set prediction, the dev half tiled twice (~12k features, the full dev set's size) through
-training.predict and postprocess, as train.py's evaluation runs them.
+training.predict_logits and postprocess, as train.py's evaluation runs them.
 The last lines printed are a table; --json writes every figure.
 """
 import argparse
@@ -69,7 +69,7 @@ from minispan.postprocess import postprocess  # noqa: E402
 from minispan.squad import read_squad  # noqa: E402
 from minispan.tokenizer import load_tokenizer  # noqa: E402
 from minispan.training import (batch_width, compile_layers, demo_tokenizer, graphed_gradients,  # noqa: E402
-                               linear_warmup_decay, make_optimizer, predict, resolve_precision, step_batches,
+                               linear_warmup_decay, make_optimizer, predict_logits, resolve_precision, step_batches,
                                train_step)
 
 SPANBERT_BASE = BertConfig()  # the defaults are SpanBERT-base's shape
@@ -382,15 +382,15 @@ def run_config(name, config, features, warmup, timed, pad_token_id, args, device
 
 
 def time_prediction(model, examples, tokenizer, args, device, precision):
-    """Dev prediction as train.py's evaluate() runs it: features, predict (batches of 64), postprocess."""
+    """Dev prediction as train.py's evaluate() runs it: features, predict_logits (batches of 64), postprocess."""
     tiled = [dataclasses.replace(e, id=f"{e.id}-{c}") for c in range(args.predict_copies) for e in examples]
     synchronize(device)
     t0 = time.perf_counter()
     features = fold_ids(build_features(tiled, tokenizer, args.max_seq_length, args.doc_stride),
                         model.config.vocab_size)
     t1 = time.perf_counter()
-    start_logits, end_logits = predict(model, features, device, precision, pad_token_id=tokenizer.pad_token_id)
-    t2 = time.perf_counter()  # predict() copies the logits to the host: the GPU is done
+    start_logits, end_logits = predict_logits(model, features, device, precision, pad_token_id=tokenizer.pad_token_id)
+    t2 = time.perf_counter()  # predict_logits() copies the logits to the host: the GPU is done
     predictions, _, _ = postprocess(tiled, features, start_logits, end_logits)
     t3 = time.perf_counter()
     result = {"questions": len(tiled), "features": len(features), "features_s": t1 - t0, "model_s": t2 - t1,

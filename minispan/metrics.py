@@ -4,8 +4,8 @@ One question's score. The prediction and each gold answer are normalised (lower 
 dropped, the articles a/an/the dropped, white space collapsed). Exact match (EM) is 1 when the normalised
 strings are equal; F1 is the harmonic mean of precision and recall over the bag of normalised tokens. A
 question takes its best score over its gold answers. Gold answers that normalise to nothing are dropped, and
-a question left without any (an unanswerable one) has the single gold answer "": only an empty prediction
-scores there.
+a question left without any (an unanswerable one) has the single gold answer "": a prediction scores 1 there
+when it normalises to "" (so "", and also "the" or "?"), else 0.
 
 The no-answer probability. A model can also say, per question, how likely it thinks "no answer" is (for
 minispan: the null odds). Any prediction whose probability exceeds `na_prob_thresh` is replaced by "" before
@@ -303,7 +303,7 @@ def main(argv=None):
     parser.add_argument("--strict", action="store_true", help="a question without a prediction is an error")
     args = parser.parse_args(argv)
     try:
-        evaluate(args, parser.prog)
+        evaluate_files(args, parser.prog)
     except BrokenPipeError:  # `evaluate.py ... | head`: the reader has what it wanted; stay quiet
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
         return 1
@@ -313,7 +313,8 @@ def main(argv=None):
     return 0
 
 
-def evaluate(args, prog):
+def evaluate_files(args, prog):
+    """evaluate.py itself: read the two files (either order), score, print, write -o / -p."""
     def say(message):
         print(f"{prog}: {message}", file=sys.stderr)
 

@@ -13,7 +13,8 @@ from minispan.features import Feature
 from minispan.model import BertForQuestionAnswering
 from minispan.files import write_json
 from minispan.training import (accumulate_gradients, batch_width, compile_layers, graphed_gradients,
-                               linear_warmup_decay, parse_args, predict, step_batches, train_step)
+                               linear_warmup_decay, parse_args, predict_logits, step_batches,
+                               train_step)
 from test_training import TINY, tiny_batch, tiny_model
 
 CPU = torch.device("cpu")
@@ -75,7 +76,7 @@ def test_predict_pads_to_the_batch_width():
     model.register_forward_pre_hook(lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[1]),
                                     with_kwargs=True)
     features = [Feature(0, [5] * n, [0] * n, [None] * n, [False] * n) for n in (9, 13, 5, 24)]
-    start_logits, _ = predict(model, features, CPU, "fp32", batch_size=2)
+    start_logits, _ = predict_logits(model, features, CPU, "fp32", batch_size=2)
     assert widths == [24, 16]  # longest first: (24, 13) -> 24; (9, 5) -> 9, rounded up to 16
     assert [len(s) for s in start_logits] == [9, 13, 5, 24]  # each feature's own, unpadded
 

@@ -12,7 +12,7 @@ from minispan.features import Feature
 from minispan.model import BertForQuestionAnswering
 from minispan.training import (TrainingError, accumulate_gradients, compile_layers, latest_checkpoint,
                                linear_warmup_decay, load_trainer_state, main_process_first, make_optimizer,
-                               micro_batches, optimizer_step, param_groups, predict, resolve_device,
+                               micro_batches, optimizer_step, param_groups, predict_logits, resolve_device,
                                resolve_precision, save_checkpoint, set_dropout, train_step, training_batch,
                                truncate_log)
 from minispan.weights import load_model, save_model
@@ -197,7 +197,7 @@ def test_compiled_layers_give_the_eager_loss_and_gradients():
 
 
 def test_predict_returns_each_features_own_logits_in_order():
-    """predict sorts features by length into padded batches and keeps the logits on the device until the
+    """predict_logits sorts features by length into padded batches and keeps the logits on the device until the
     end: every feature must get back exactly the logits of running it alone, unpadded, in its own place.
     Measured max |diff| 1.5e-8 (padding changes the summation order only)."""
     model = tiny_model().eval()
@@ -207,7 +207,7 @@ def test_predict_returns_each_features_own_logits_in_order():
         ids = torch.randint(5, TINY["vocab_size"], (n,), generator=g).tolist()
         features.append(Feature(example_index=len(features), input_ids=ids, token_type_ids=[0] * 3 + [1] * (n - 3),
                                 offsets=[None] * n, token_is_max_context=[True] * n))
-    start_logits, end_logits = predict(model, features, CPU, "fp32", batch_size=3)
+    start_logits, end_logits = predict_logits(model, features, CPU, "fp32", batch_size=3)
     for f, start, end in zip(features, start_logits, end_logits):
         with torch.no_grad():
             alone = model(torch.tensor([f.input_ids]), torch.tensor([f.token_type_ids]))
