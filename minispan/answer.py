@@ -1,8 +1,8 @@
 """Question answering on raw text: minispan.pipeline, and its command line `python -m minispan.answer`.
 
-As on the SpanBERT model card:
+As on the SpanBERT model card, with a model that train.py fine-tuned:
 
-    qa = minispan.pipeline("models/spanbert-finetuned-squadv2")
+    qa = minispan.pipeline("runs/spanbert-base-cased")
     qa({"question": "Who wrote it?", "context": "It was written by Ann."})
     # {'score': 0.93, 'start': 18, 'end': 21, 'answer': 'Ann'}
 
@@ -18,7 +18,7 @@ get the same output. Its conventions differ from the SQuAD evaluation path (feat
 
 The command line answers one question and prints the answer as JSON:
 
-    python -m minispan.answer --model models/spanbert-finetuned-squadv2 \\
+    python -m minispan.answer --model runs/spanbert-base-cased \\
         --question "Who wrote it?" --context "It was written by Ann."
 
 (The module is not called pipeline.py because `import minispan.pipeline` would then replace the function

@@ -52,7 +52,6 @@ SPANBERT = {
                              "google-bert/bert-large-cased"),
 }
 WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 CHUNK = 1 << 20
 MAX_BYTES = 4 << 30  # per file: SpanBERT-large's tarball is 1.2 GB; a server sending more is not sending it
 USER_AGENT = "minispan-download"
@@ -384,7 +383,7 @@ def check_model_dir(directory):
     # The readers load_model and load_tokenizer use. Imported here: tokenizers and torch are not needed
     # to download SQuAD.
     from minispan.config import BertConfig
-    from minispan.tokenizer import read_vocab
+    from minispan.tokenizer import SPECIAL_TOKENS, read_vocab
     from minispan.weights import load_model
 
     directory = Path(directory)
@@ -397,9 +396,10 @@ def check_model_dir(directory):
     except ValueError as e:  # empty, or not UTF-8 (read_vocab names the file)
         raise DownloadError(str(e)) from None
     ids = max(vocab.values()) + 1  # the embedding rows it needs (the tokenizer's vocab_size)
-    if ids != vocab_size or not set(SPECIAL_TOKENS) <= set(vocab):
+    bert_tokens = (*SPECIAL_TOKENS, "[MASK]")  # what the tokenizer needs, and pretraining's mask: any BERT vocabulary's
+    if ids != vocab_size or not set(bert_tokens) <= set(vocab):
         raise DownloadError(f"{directory / 'vocab.txt'}: {ids:,} tokens, expected the config's "
-                            f"vocab_size {vocab_size:,} including {' '.join(SPECIAL_TOKENS)}")
+                            f"vocab_size {vocab_size:,} including {' '.join(bert_tokens)}")
 
     try:
         load_model(directory)

@@ -46,8 +46,9 @@ def window_starts(num_tokens, max_window, doc_stride):
 def max_context_masks(num_tokens, starts, max_window):
     """For each window, a boolean array over its tokens: is this the window where the token has most context?
 
-    A token's score in a window is min(tokens left of it, tokens right of it) + 0.01 * window length; the
-    window with the highest score wins, the first one on ties. One pass over the windows, keeping each
+    A token's score in a window is min(tokens left of it, tokens right of it) + 0.01 * window length (as in
+    the original BERT code; all windows but the last are full length, so the term only favours a full window
+    over a shorter last one); the window with the highest score wins, the first one on ties. One pass over the windows, keeping each
     token's best score so far (memory grows with the context, not with windows x context).
     """
     lengths = np.minimum(max_window, num_tokens - np.asarray(starts))
