@@ -49,6 +49,10 @@ def test_prints_the_official_keys_as_indented_json(tmp_path, sample_path, capsys
     code, out, err = run(capsys, pred_file, sample_path)
     assert (code, err) == (0, "")
     assert out == json.dumps(squad_v2_metrics(data, preds), indent=2) + "\n"
+    # -n without -t: the official default threshold, 1.0 (probabilities, not null odds).
+    code, out, err = run(capsys, pred_file, sample_path, "-n", prob_file)
+    assert out == json.dumps(squad_v2_metrics(data, preds, probs, 1.0), indent=2) + "\n"
+    assert out != json.dumps(squad_v2_metrics(data, preds, probs, 0.0), indent=2) + "\n"
     code, out, err = run(capsys, pred_file, sample_path, "-n", prob_file, "-t", "0.4")
     assert out == json.dumps(squad_v2_metrics(data, preds, probs, 0.4), indent=2) + "\n"
     assert list(json.loads(out))[-1] == "best_f1_thresh"

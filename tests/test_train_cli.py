@@ -73,6 +73,9 @@ def test_demo_writes_a_loadable_model_and_the_official_metrics(tmp_path, sample_
     raw = [key for key in OFFICIAL_KEYS if not key.startswith("best_")]
     assert {key: cut[key] for key in raw} == {key: metrics[key] for key in raw}
     assert metrics["best_f1"] >= cut["best_f1"]
+    # span_predictions.json is every question's best non-empty span: predictions.json where that answers.
+    spans, answers = (json.loads((out / name).read_text()) for name in ("span_predictions.json", "predictions.json"))
+    assert all(spans.values()) and all(spans[q] == a for q, a in answers.items() if a)
 
     # The output dir is a model directory: the pipeline loads it and answers from the context.
     from minispan import pipeline, read_squad
