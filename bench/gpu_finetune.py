@@ -42,13 +42,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without `pip install -e .` (the GPU box)
 
 from minispan.config import BertConfig  # noqa: E402
-from minispan.features import batch_indices, build_features  # noqa: E402
+from minispan.features import build_features  # noqa: E402
 from minispan.files import write_json  # noqa: E402
 from minispan.model import BertForQuestionAnswering  # noqa: E402
 from minispan.squad import read_squad  # noqa: E402
 from minispan.tokenizer import load_tokenizer  # noqa: E402
-from minispan.training import (autocast, demo_tokenizer, dev_dataset, evaluate, resolve_device,  # noqa: E402
-                               resolve_precision, step_batches)
+from minispan.training import (autocast, batch_plan, demo_tokenizer, dev_dataset, evaluate,  # noqa: E402
+                               resolve_device, resolve_precision, step_batches)
 from minispan.weights import load_model, save_model  # noqa: E402
 from common import DEV_HALF, minilm_dir  # noqa: E402  (bench/common.py, beside this script)
 
@@ -172,8 +172,7 @@ def transformers_finetune(model_dir, train_file, dev_file, recipe, device, preci
     features = build_features(train_examples, tokenizer, recipe["max_seq_length"], recipe["doc_stride"],
                               recipe["max_query_length"], training=True)
     lengths = [len(f.input_ids) for f in features]
-    plan = [b for epoch in range(recipe["epochs"])
-            for b in batch_indices(lengths, recipe["batch_size"], shuffle=True, seed=recipe["seed"] + epoch)]
+    plan = batch_plan(lengths, recipe["batch_size"], recipe["epochs"], recipe["seed"])  # train.py's batches
 
     # transformers' Trainer groups: no weight decay for biases and LayerNorm weights, named as it names them.
     no_decay = ("bias", "LayerNorm.weight")

@@ -306,6 +306,14 @@ def optimizer_step(model, optimizer, scheduler, scaler, max_grad_norm):
     return grad_norm
 
 
+def batch_plan(lengths, batch_size, epochs, seed):
+    """Every step's global batch (feature indices), epoch after epoch: each epoch is its own length-grouped
+    shuffle of all the features, drawn from seed + epoch, so a resumed run recomputes the same order and
+    skips ahead."""
+    return [batch for epoch in range(epochs)
+            for batch in batch_indices(lengths, batch_size, shuffle=True, seed=seed + epoch)]
+
+
 def step_batches(features, global_batch, rank, world_size, per_device_batch_size, pad_token_id, device,
                  max_seq_length, width=None):
     """This process's micro-batches of one global batch of feature indices, on the device, each with its
@@ -652,10 +660,7 @@ def train(args):
 def fit(model, features, pad_token_id, args, checkpoint, device, precision, rank, world_size, per_device):
     """The training loop: args.epochs passes over `features`, from `checkpoint` when resuming."""
     is_main, out = rank == 0, Path(args.output_dir)
-    # The data order is a function of (seed, epoch): a resumed run recomputes it and skips ahead.
-    lengths = [len(f.input_ids) for f in features]
-    plan = [batch for epoch in range(args.epochs)
-            for batch in batch_indices(lengths, args.batch_size, shuffle=True, seed=args.seed + epoch)]
+    plan = batch_plan([len(f.input_ids) for f in features], args.batch_size, args.epochs, args.seed)
     total_steps, steps_per_epoch = len(plan), len(plan) // args.epochs
     warmup_steps = math.ceil(args.warmup_ratio * total_steps)
 

@@ -1,6 +1,7 @@
 """The training loop's pieces: optimizer step vs transformers, accumulation, sharding, schedule, checkpoints."""
 import collections
 import os
+import random
 import shutil
 
 import pytest
@@ -12,7 +13,7 @@ from minispan.features import Feature
 from minispan.model import BertForQuestionAnswering
 from minispan.training import (TrainingError, accumulate_gradients, compile_layers, latest_checkpoint,
                                linear_warmup_decay, load_trainer_state, main_process_first, make_optimizer,
-                               micro_batches, optimizer_step, param_groups, predict_logits, resolve_device,
+                               batch_plan, micro_batches, optimizer_step, param_groups, predict_logits, resolve_device,
                                resolve_precision, save_checkpoint, set_dropout, train_step, training_batch,
                                truncate_log)
 from minispan.weights import load_model, save_model
@@ -249,6 +250,18 @@ def test_schedule_is_linear_warmup_then_decay():
         ours.optimizer.step(), ours.step(), oracle_optimizer.step(), theirs.step()
     assert lrs == expected
     assert lrs[:4] == pytest.approx([0.0, 2e-5 / 3, 2 * 2e-5 / 3, 2e-5]) and lrs[10:] == [0.0, 0.0]
+
+
+def test_batch_plan_reshuffles_every_epoch_and_covers_every_feature_once():
+    lengths = [random.Random(1).randint(20, 384) for _ in range(100)]
+    plan = batch_plan(lengths, 8, epochs=3, seed=42)
+    assert len(plan) == 3 * 13  # ceil(100 / 8) steps an epoch
+    epochs = [plan[13 * k : 13 * (k + 1)] for k in range(3)]
+    for epoch in epochs:
+        assert sorted(i for batch in epoch for i in batch) == list(range(100))
+    assert epochs[0] != epochs[1] != epochs[2] != epochs[0]  # a new order every epoch, not the same one again
+    assert batch_plan(lengths, 8, epochs=3, seed=42) == plan  # what a resumed run recomputes
+    assert batch_plan(lengths, 8, epochs=1, seed=43) == epochs[1]  # epoch k is seed + k's shuffle
 
 
 def test_micro_batches_shard_a_global_batch():
