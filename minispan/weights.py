@@ -236,28 +236,20 @@ def load_model(path, device=None, dtype=None):
         logger.info("%s: ignored %d keys not used for span prediction: %s", weights_file, len(ignored),
                     _preview(ignored))
 
-    # Check the checkpoint against the config before allocating anything, so a config.json that
-    # claims a huge model is refused instead of filling memory: first the layer count (cheap), then
-    # every shape, read off a model built on the meta device (shapes without storage, ~40 ms for
-    # BERT-base; 100,000 meta layers would still take minutes, hence the count first).
+    # Before building a model from config.json, compare its sizes with the checkpoint, so that a config
+    # claiming a huge model is refused instead of filling memory: the layer count, and the four matrices
+    # whose shapes are the config's sizes. The model is then no bigger than the checkpoint; the other
+    # shapes are compared once it is built.
     layers = {m.group(1) for name in state if (m := re.match(r"bert\.encoder\.layer\.(\d+)\.", name))}
     if len(layers) != config.num_hidden_layers:
         raise WeightsError(f"{weights_file}: holds {len(layers)} encoder layers but {config_file.name} "
                            f"says num_hidden_layers={config.num_hidden_layers}")
-    with torch.device("meta"):
-        expected = {name: tuple(t.shape) for name, t in BertForQuestionAnswering(config).state_dict().items()}
-    head = [name for name in expected if name.startswith("qa_outputs.")]
-    fresh_head = not any(name in state for name in head)
-    missing = [name for name in expected if name not in state and not (fresh_head and name in head)]
-    unexpected = [name for name in state if name not in expected]
-    if missing or unexpected:
-        problems = ([f"missing keys {_preview(missing)}"] if missing else []) + \
-                   ([f"unexpected keys {_preview(unexpected)}"] if unexpected else [])
-        raise WeightsError(f"{weights_file}: does not fit the model in {config_file.name}: {'; '.join(problems)}")
-    for name, t in state.items():
-        if tuple(t.shape) != expected[name]:
-            raise WeightsError(f"{weights_file}: {name} has shape {tuple(t.shape)} in the checkpoint "
-                               f"but {expected[name]} in {config_file.name}")
+    c = config
+    sized = {"bert.embeddings.word_embeddings.weight": (c.vocab_size, c.hidden_size),
+             "bert.embeddings.position_embeddings.weight": (c.max_position_embeddings, c.hidden_size),
+             "bert.embeddings.token_type_embeddings.weight": (c.type_vocab_size, c.hidden_size),
+             "bert.encoder.layer.0.intermediate.dense.weight": (c.intermediate_size, c.hidden_size)}
+    _check_shapes(state, sized, weights_file, config_file)
 
     # Build the model where it will run, with BERT's random init (so a checkpoint without a span
     # head already has a fresh one), then copy the checkpoint in: load_state_dict casts each tensor to
@@ -267,11 +259,31 @@ def load_model(path, device=None, dtype=None):
         model = BertForQuestionAnswering(config)
     if dtype is not None:
         model.to(dtype)  # floating-point tensors only
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    head = [name for name in expected if name.startswith("qa_outputs.")]
+    fresh_head = not any(name in state for name in head)
+    missing = [name for name in expected if name not in state and not (fresh_head and name in head)]
+    unexpected = [name for name in state if name not in expected]
+    if missing or unexpected:
+        problems = ([f"missing keys {_preview(missing)}"] if missing else []) + \
+                   ([f"unexpected keys {_preview(unexpected)}"] if unexpected else [])
+        raise WeightsError(f"{weights_file}: does not fit the model in {config_file.name}: {'; '.join(problems)}")
+    _check_shapes(state, {name: expected[name] for name in state}, weights_file, config_file)
     model.load_state_dict(state, strict=False)  # strict=False: only a wholly absent span head, checked above
     if fresh_head:
         logger.warning("%s has no span head (qa_outputs): initialised a fresh one; fine-tune before use",
                        weights_file)
     return model.eval()
+
+
+def _check_shapes(state, expected, weights_file, config_file):
+    """Each tensor named in `expected` is in the checkpoint's `state`, with the expected shape."""
+    for name, shape in expected.items():
+        if name not in state:
+            raise WeightsError(f"{weights_file}: does not fit the model in {config_file.name}: missing keys {name}")
+        if tuple(state[name].shape) != shape:
+            raise WeightsError(f"{weights_file}: {name} has shape {tuple(state[name].shape)} in the checkpoint "
+                               f"but {shape} in {config_file.name}")
 
 
 def save_model(model, directory):
