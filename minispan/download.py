@@ -146,6 +146,10 @@ def _fetch(url, part, timeout, progress, max_bytes):
                 part.unlink(missing_ok=True)
                 raise _Interrupted(f"asked for bytes from {offset}, got Content-Range "
                                    f"{response.headers.get('Content-Range')!r}")
+            if total is None:  # "bytes 0-99/*": no way to tell when the file is whole
+                part.unlink(missing_ok=True)
+                raise DownloadError(f"cannot download {url}: a partial reply without the file's size "
+                                    f"(Content-Range {response.headers.get('Content-Range')!r})")
             mode = "ab"
         else:  # 200: a server that ignores Range sends the whole file, so start over
             offset, mode = 0, "wb"

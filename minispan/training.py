@@ -545,7 +545,7 @@ def evaluate(model, examples, features, data, device, precision, pad_token_id, o
     from minispan.postprocess import postprocess, write_predictions
 
     start_logits, end_logits = predict_logits(model, features, device, precision, pad_token_id=pad_token_id,
-                                       progress=progress)
+                                              progress=progress)
     if not all(np.isfinite(logits).all() for logits in start_logits + end_logits):
         raise TrainingError("the model's outputs are not finite (NaN or inf): training diverged; see the loss in "
                             "log.jsonl, and try a lower --lr")

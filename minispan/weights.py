@@ -240,6 +240,10 @@ def load_model(path, device=None, dtype=None):
     # claiming a huge model is refused instead of filling memory: the layer count, and the four matrices
     # whose shapes are the config's sizes. The model is then no bigger than the checkpoint; the other
     # shapes are compared once it is built.
+    unknown = [name for name in state if not re.match(r"bert\.(embeddings|encoder\.layer\.\d+)\.|qa_outputs\.", name)]
+    if unknown:  # e.g. DDP's module. or torch.compile's _orig_mod. prefix: say so rather than count no layers
+        raise WeightsError(f"{weights_file}: does not fit the model in {config_file.name}: unexpected keys "
+                           f"{_preview(unknown)}")
     layers = {m.group(1) for name in state if (m := re.match(r"bert\.encoder\.layer\.(\d+)\.", name))}
     if len(layers) != config.num_hidden_layers:
         raise WeightsError(f"{weights_file}: holds {len(layers)} encoder layers but {config_file.name} "

@@ -37,6 +37,7 @@ class FakeServer:
         self.ignore_range = False
         self.no_length = set()  # paths sent without Content-Length (the end of the body is the hang-up)
         self.unasked_part = {}  # path -> bytes of a 206 partial reply to the next request without Range
+        self.unknown_total = False  # that reply's Content-Range says "/*" instead of the file's size
         self.url = None
 
 
@@ -59,7 +60,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if not range_header and self.path in fake.unasked_part:  # a part of the file, though none was asked for
             end = fake.unasked_part.pop(self.path)
             self.send_response(206)
-            self.send_header("Content-Range", f"bytes 0-{end - 1}/{len(body)}")
+            self.send_header("Content-Range", f"bytes 0-{end - 1}/{'*' if fake.unknown_total else len(body)}")
             self.send_header("Content-Length", str(end))
             self.end_headers()
             self.wfile.write(body[:end])
@@ -188,6 +189,13 @@ def test_a_partial_reply_is_not_taken_for_the_whole_file(server, tmp_path):
     download(server.url + "blob.bin", tmp_path / "blob.bin", progress=False)
     assert server.requests == [("/blob.bin", None), ("/blob.bin", "bytes=1000000-")]
     assert (tmp_path / "blob.bin").read_bytes() == BLOB
+    # Without the file's size ("bytes 0-999999/*") nothing says when it is whole: refused, nothing kept.
+    server.unasked_part["/blob.bin"] = 1_000_000
+    server.unknown_total = True
+    with pytest.raises(DownloadError, match=r"a partial reply without the file's size "
+                                            r"\(Content-Range 'bytes 0-999999/\*'\)"):
+        download(server.url + "blob.bin", tmp_path / "again.bin", progress=False)
+    assert not (tmp_path / "again.bin").exists() and not (tmp_path / "again.bin.part").exists()
 
 
 def test_part_as_long_as_the_file_starts_afresh(server, tmp_path):

@@ -15,9 +15,9 @@ def test_write_json_round_trip(tmp_path):
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
     # Replacing a file keeps its mode, as writing it in place would.
-    path.chmod(0o640)
+    path.chmod(0o604)  # a mode no usual umask gives a new file
     write_json(path, {"b": 2})
-    assert path.stat().st_mode & 0o777 == 0o640 and json.loads(path.read_text()) == {"b": 2}
+    assert path.stat().st_mode & 0o777 == 0o604 and json.loads(path.read_text()) == {"b": 2}
 
 
 def test_failed_write_leaves_old_file_and_no_temp(tmp_path):

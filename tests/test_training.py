@@ -253,7 +253,8 @@ def test_schedule_is_linear_warmup_then_decay():
 
 
 def test_batch_plan_reshuffles_every_epoch_and_covers_every_feature_once():
-    lengths = [random.Random(1).randint(20, 384) for _ in range(100)]
+    rng = random.Random(1)
+    lengths = [rng.randint(20, 384) for _ in range(100)]
     plan = batch_plan(lengths, 8, epochs=3, seed=42)
     assert len(plan) == 3 * 13  # ceil(100 / 8) steps an epoch
     epochs = [plan[13 * k : 13 * (k + 1)] for k in range(3)]

@@ -266,6 +266,8 @@ def test_mapping_errors_name_the_keys(tmp_path):
          r"bert\.encoder\.layer\.0\.intermediate\.dense\.weight has shape \(36, 32\) in the checkpoint "
          r"but \(37, 32\) in config\.json"),
         ({k: v for k, v in good.items() if k != "qa_outputs.bias"}, r"missing keys qa_outputs\.bias"),
+        ({"module." + k: v for k, v in good.items()},  # saved through DistributedDataParallel
+         r"does not fit the model in config\.json: unexpected keys bert\.module\.bert\.embeddings"),
     ]
     for i, (state, message) in enumerate(cases):
         with pytest.raises(WeightsError, match=message):
