@@ -48,8 +48,9 @@ def max_context_masks(num_tokens, starts, max_window):
 
     A token's score in a window is min(tokens left of it, tokens right of it) + 0.01 * window length (as in
     the original BERT code; all windows but the last are full length, so the term only favours a full window
-    over a shorter last one); the window with the highest score wins, the first one on ties. One pass over the windows, keeping each
-    token's best score so far (memory grows with the context, not with windows x context).
+    over a shorter last one); the window with the highest score wins, the first one on ties. One pass over
+    the windows, keeping each token's best score so far (memory grows with the context, not with windows x
+    context).
     """
     lengths = np.minimum(max_window, num_tokens - np.asarray(starts))
     position = np.arange(num_tokens)
