@@ -235,7 +235,7 @@ def pipeline(model_dir, device=None):
 
     device: None (the CPU), "auto" (the GPU if there is one), or anything torch.device takes."""
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device("auto")  # train.py's rule: the GPU when there is one
     tokenizer = load_tokenizer(model_dir)  # first: a missing vocabulary fails fast, before the weights load
     model = load_model(model_dir, device=device)
     return QuestionAnsweringPipeline(model, tokenizer, device=device)
