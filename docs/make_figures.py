@@ -22,11 +22,13 @@ matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt
 
 import minispan.metrics
-import minispan.training
+import minispan.evaluate_cli
+import minispan.run
+import minispan.train_cli
 from minispan import Answer, Example, build_features, read_squad
 
 FIGURES = Path(__file__).resolve().parent / "figures"
-SAMPLE = minispan.training.SAMPLE
+SAMPLE = minispan.run.SAMPLE
 PR_EPOCHS = 10
 
 
@@ -102,11 +104,11 @@ def main(argv=None):
     examples = read_squad(SAMPLE)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        draw_windows(args.out_dir / "windows.png", minispan.training.demo_tokenizer(examples), examples)
+        draw_windows(args.out_dir / "windows.png", minispan.run.demo_tokenizer(examples), examples)
 
         def demo(name, epochs):  # the demo as train.py runs it, logging every 2 steps for a smoother curve
             flags = [] if epochs is None else ["--epochs", str(epochs)]
-            minispan.training.main(["--demo", "--log-every", "2", "--output-dir", str(scratch / name), *flags])
+            minispan.train_cli.main(["--demo", "--log-every", "2", "--output-dir", str(scratch / name), *flags])
             return scratch / name
 
         run = demo("demo", args.demo_epochs)
@@ -119,7 +121,7 @@ def main(argv=None):
         if args.demo_epochs is None:
             run = demo("demo-short", PR_EPOCHS)
         with contextlib.redirect_stdout(io.StringIO()):
-            status = minispan.metrics.main([str(run / "predictions.json"), str(SAMPLE), "-n",
+            status = minispan.evaluate_cli.main([str(run / "predictions.json"), str(SAMPLE), "-n",
                                             str(run / "null_odds.json"), "-t", "0", "-p", str(scratch / "images")])
         if status:
             raise SystemExit(f"evaluate.py failed with status {status}")

@@ -3,8 +3,11 @@
 Data flows one way: JSON -> Example -> Feature -> padded batch -> (start_logits, end_logits)
 -> predictions + null odds -> metrics. Open the modules in that order:
 
-    squad.py -> tokenizer.py -> features.py -> model.py (config.py, weights.py) -> postprocess.py -> metrics.py
-    training.py ties them together for fine-tuning; answer.py for answering questions on raw text.
+    squad.py -> tokenizer.py -> features.py -> config.py -> model.py -> weights.py
+    -> step.py -> loop.py (checkpoint.py, speed.py) -> predict.py -> postprocess.py -> metrics.py -> answer.py
+
+The harness around them (train_cli.py, run.py, runtime.py, evaluate_cli.py, download.py, files.py) reads and
+checks what users hand over, and runs the command lines.
 """
 import importlib
 import importlib.util

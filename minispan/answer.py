@@ -36,7 +36,7 @@ from minispan.features import build_features, check_positive_ints, make_batch
 from minispan.postprocess import softmax
 from minispan.squad import Example
 from minispan.tokenizer import load_tokenizer
-from minispan.training import resolve_device
+from minispan.runtime import resolve_device
 from minispan.weights import load_model
 
 BATCH_SIZE = 32  # windows per forward pass, at most
@@ -96,7 +96,8 @@ class QuestionAnsweringPipeline:
                 )
             # build_features' doc_stride is the step between windows: here, the window minus the overlap.
             step = window - doc_stride
-            example_features = build_features([example], self.tokenizer, max_seq_len, step, max_question_len)
+            example_features = build_features([example], self.tokenizer, max_seq_length=max_seq_len, doc_stride=step,
+                                              max_query_length=max_question_len)
             if all(o is None for o in example_features[0].offsets):
                 raise ValueError(f"input {i}: context has no tokens (only control characters?)")
             for feature in example_features:

@@ -85,15 +85,8 @@ def answer_token_span(token_starts, token_ends, answer_start, answer_end):
     return first, last
 
 
-def build_features(
-    examples,
-    tokenizer,
-    max_seq_length=384,
-    doc_stride=128,
-    max_query_length=64,
-    training=False,
-    progress=False,
-):
+def build_features(examples, tokenizer, *, max_seq_length=384, doc_stride=128, max_query_length=64,
+                   training=False, progress=False):
     """Turn examples into features (one per window). In training, each feature gets start/end targets.
 
     In training, an example whose first answer is not found at its `start` in the context is skipped (it
@@ -194,6 +187,17 @@ def batch_indices(lengths, batch_size, shuffle=False, seed=0, group_by_length=Tr
     if shuffle and group_by_length:
         rng.shuffle(batches)
     return batches
+
+
+WIDTH_MULTIPLE = 8
+
+
+def batch_width(lengths, max_seq_length):
+    """The width a batch is padded to: its longest feature, rounded up to a multiple of 8 (but not past
+    max_seq_length). Tensor cores like multiples of 8, and CUDA graphs record one graph per shape: at most
+    max_seq_length / 8 widths (64 for 512-token windows) instead of one for every length."""
+    longest = max(lengths)
+    return max(longest, min(-(-longest // WIDTH_MULTIPLE) * WIDTH_MULTIPLE, max_seq_length))
 
 
 def make_batch(features, pad_token_id=0, training=False, pin_memory=False, length=None):

@@ -1,4 +1,4 @@
-"""CUDA graphs for the training step (minispan/cuda_graphs.py), and the batch widths they are recorded for.
+"""CUDA graphs for the training step (minispan/speed.py), and the batch widths they are recorded for.
 
 The graphs themselves need a CUDA GPU: those tests skip without one (bench/run_gpu.sh runs them on the GPU
 machine). Which runs use graphs, and the widths, are checked everywhere.
@@ -8,13 +8,15 @@ import pytest
 import torch
 
 from minispan.config import BertConfig
-from minispan.cuda_graphs import GraphedGradients
-from minispan.features import Feature
-from minispan.model import BertForQuestionAnswering
+from minispan.features import Feature, batch_width
 from minispan.files import write_json
-from minispan.training import (accumulate_gradients, batch_width, compile_layers, graphed_gradients,
-                               linear_warmup_decay, parse_args, predict_logits, step_batches,
-                               train_step)
+from minispan.loop import TrainConfig, TrainingSet, step_batches
+from minispan.model import BertForQuestionAnswering
+from minispan.predict import predict_logits
+from minispan.runtime import Runtime
+from minispan.speed import GraphedGradients, compile_layers, forward_backward_hook
+from minispan.step import Optimization, accumulate_gradients, linear_warmup_decay, optimizer_step
+from minispan.train_cli import parse_args
 from test_training import TINY, tiny_batch, tiny_model
 
 CPU = torch.device("cpu")
@@ -36,25 +38,29 @@ def test_batch_width_rounds_up_to_a_multiple_of_8_within_max_seq_length():
 
 def test_step_batches_pad_to_the_batch_width():
     features = [Feature(0, [5] * n, [0] * n, [None] * n, [False] * n, 0, 0) for n in (9, 13, 5)]
-    (batch, weight), = step_batches(features, [0, 1, 2], 0, 1, 3, 0, CPU, max_seq_length=384)
+    data, cfg = TrainingSet(features, [], 1, pad_token_id=0), TrainConfig(batch_size=3, max_seq_length=384)
+    (batch, weight), = step_batches(data, [0, 1, 2], Runtime(CPU), cfg)
     assert batch["input_ids"].shape == (3, 16) and weight == 1.0
-    (batch, _), = step_batches(features, [0, 2], 0, 1, 3, 0, CPU, max_seq_length=384, width=40)
-    assert batch["input_ids"].shape == (2, 40)
+    (batch, _), = step_batches(data, [0, 2], Runtime(CPU), TrainConfig(batch_size=3, max_seq_length=14))
+    assert batch["input_ids"].shape == (2, 14)  # 13 rounds up to 16, but not past the windows' 14
 
 
 def test_which_runs_replay_cuda_graphs(monkeypatch):
     """One GPU, bf16 or fp32, no torchrun, not --no-cuda-graphs: graphs (of the compiled layers with
     --compile). Else eager."""
     made = []
-    monkeypatch.setattr("minispan.training.GraphedGradients", lambda model, precision: made.append(precision))
+    monkeypatch.setattr("minispan.speed.GraphedGradients", lambda model, precision: made.append(precision) or "graphs")
     cuda = torch.device("cuda", 0)
-    graphed_gradients(None, True, cuda, "bf16", 1)
-    graphed_gradients(None, True, cuda, "fp32", 1)
+
+    def graphed(device, precision, world_size, cuda_graphs=True):
+        return forward_backward_hook(None, None, Runtime(device, precision, 0, world_size), cuda_graphs) == "graphs"
+
+    assert graphed(cuda, "bf16", 1) and graphed(cuda, "fp32", 1)
     assert made == ["bf16", "fp32"]
-    assert graphed_gradients(None, True, CPU, "fp32", 1) is None
-    assert graphed_gradients(None, True, cuda, "fp16", 1) is None  # the GradScaler
-    assert graphed_gradients(None, True, cuda, "bf16", 2) is None  # DistributedDataParallel
-    assert graphed_gradients(None, False, cuda, "bf16", 1) is None  # --no-cuda-graphs
+    assert not graphed(CPU, "fp32", 1)
+    assert not graphed(cuda, "fp16", 1)  # the GradScaler
+    assert not graphed(cuda, "bf16", 2)  # DistributedDataParallel
+    assert not graphed(cuda, "bf16", 1, cuda_graphs=False)  # --no-cuda-graphs
     assert len(made) == 2
 
 
@@ -62,7 +68,7 @@ def test_cuda_graphs_flag(tmp_path):
     assert parse_args(["--demo"]).cuda_graphs is True
     assert parse_args(["--demo", "--no-cuda-graphs"]).cuda_graphs is False
     # A run saved before the flag existed resumes with graphs; --resume may turn them off (speed, not results).
-    saved = vars(parse_args(["--demo", "--output-dir", str(tmp_path)]))
+    saved = vars(parse_args(["--demo", "--output-dir", str(tmp_path)])).copy()
     del saved["cuda_graphs"]
     write_json(tmp_path / "run_config.json", {"args": saved})
     assert parse_args(["--resume", str(tmp_path)]).cuda_graphs is True
@@ -115,7 +121,7 @@ def test_graphed_gradients_equal_eager_ones(precision, compiled):
     worst = 0.0
     for i, step in enumerate(STEPS):
         eager.zero_grad(set_to_none=True)
-        expected = accumulate_gradients(eager, micro(step), scaler, torch.device("cuda"), precision)
+        expected = accumulate_gradients(eager, micro(step), scaler, Runtime(torch.device("cuda"), precision))
         got = graphs(micro(step))
         assert abs(got.item() - expected.item()) <= tolerance * abs(expected.item()), (i, got, expected)
         total = torch.cat([p.grad.flatten() for p in eager.parameters()]).norm().item()
@@ -141,10 +147,13 @@ def test_graphed_training_steps_equal_eager_ones():
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         scheduler = linear_warmup_decay(optimizer, 2, 10)
         scaler = torch.amp.GradScaler("cuda", enabled=False)
-        graphs = graphed_gradients(model, use_graphs, cuda, "fp32", 1)
-        assert (graphs is not None) == use_graphs
-        losses = [train_step(model, micro(step), optimizer, scheduler, scaler, cuda, "fp32", 1.0, graphs=graphs)[0]
-                  for step in STEPS]
+        forward_backward = forward_backward_hook(model, scaler, Runtime(cuda, "fp32"), use_graphs)
+        assert isinstance(forward_backward, GraphedGradients) == use_graphs
+        opt = Optimization(optimizer, scheduler, scaler, 1.0)
+        losses = []
+        for step in STEPS:  # the loop's step: forward and backward, then the update
+            losses.append(forward_backward(micro(step)))
+            optimizer_step(model, opt)
         runs[use_graphs] = model, torch.stack(losses)
     (eager, eager_losses), (graphed, graphed_losses) = runs[False], runs[True]
     torch.testing.assert_close(graphed_losses, eager_losses, rtol=1e-5, atol=0)

@@ -84,10 +84,10 @@ def _help(script):
     """The --help text of a command the docs show, from its main(argv) (evaluate.py and train.py only call them)."""
     import minispan.answer
     import minispan.download
-    import minispan.metrics
-    import minispan.training
+    import minispan.evaluate_cli
+    import minispan.train_cli
 
-    main = {"train.py": minispan.training.main, "evaluate.py": minispan.metrics.main,
+    main = {"train.py": minispan.train_cli.main, "evaluate.py": minispan.evaluate_cli.main,
             "-m minispan.download": minispan.download.main, "-m minispan.answer": minispan.answer.main}[script]
     with contextlib.redirect_stdout(io.StringIO()) as out, pytest.raises(SystemExit):
         main(["--help"])

@@ -1,4 +1,4 @@
-"""evaluate.py / minispan.metrics.main: output, argument order, reports, errors and exit codes.
+"""evaluate.py / minispan.evaluate_cli.main: output, argument order, reports, errors and exit codes.
 
 With MINISPAN_OFFICIAL_EVAL pointing at a copy of the official evaluate-v2.0.py, the last tests run it on the
 same files and require byte-identical output (stdout and --out-file).
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from minispan.metrics import main, squad_v2_metrics
+from minispan.evaluate_cli import main
+from minispan.metrics import squad_v2_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 

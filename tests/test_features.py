@@ -61,7 +61,8 @@ def test_windows_and_targets_match_legacy_processor(dev_half_path, minilm_dir, t
     legacy = squad_convert_examples_to_features(
         legacy_examples, slow, 384, 128, 64, is_training=training, tqdm_enabled=False
     )
-    ours = build_features(examples, load_tokenizer(minilm_dir), 384, 128, 64, training=training)
+    ours = build_features(examples, load_tokenizer(minilm_dir), max_seq_length=384, doc_stride=128, max_query_length=64,
+                          training=training)
 
     ours_by_id, legacy_by_id = defaultdict(list), defaultdict(list)
     for f in ours:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from minispan.metrics import main as evaluate_main
-from minispan.training import main
+from minispan.evaluate_cli import main as evaluate_main
+from minispan.train_cli import main
 from minispan.weights import load_state_dict_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,12 +138,12 @@ def test_micro_batches_need_not_divide_the_global_batch(tmp_path, capsys):
 
 def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
     """Ctrl-C during training: one line saying how to go on, exit status 130 (as for SIGINT), no traceback."""
-    import minispan.training
+    import minispan.run
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(minispan.training, "fit", interrupted)
+    monkeypatch.setattr(minispan.run, "fine_tune", interrupted)
     out = tmp_path / "run"
     assert main(["--demo", "--output-dir", str(out)]) == 130
     err = capsys.readouterr().err
@@ -151,7 +151,7 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
                                     "(no checkpoint yet: it starts again from step 0)")
     assert "Traceback" not in err
     # Interrupted before this run wrote its run_config.json: the one there is the run --overwrite replaces.
-    monkeypatch.setattr(minispan.training, "train", interrupted)
+    monkeypatch.setattr(minispan.train_cli, "train", interrupted)
     assert main(["--demo", "--epochs", "3", "--overwrite", "--output-dir", str(out)]) == 130
     assert capsys.readouterr().err.strip() == "interrupted"
     # Under torchrun (as 2 processes would see it): said once, by rank 0, with the command that resumes on
@@ -323,15 +323,15 @@ def test_bad_input_is_one_clear_line_and_overwrites_nothing(tmp_path, sample_pat
 def test_compile_flag_compiles_the_layers_of_the_trained_model(tmp_path, monkeypatch):
     """train.py --compile hands the model it trains to compile_layers, before training. Dynamo's own
     "eager" backend stands in for inductor (test_training.py runs inductor itself): it traces, not compiles."""
-    from minispan import training
+    from minispan import loop
 
-    compiled, compile_layers = [], training.compile_layers
+    compiled, compile_layers = [], loop.compile_layers
 
     def spy(model):
         compiled.append(model)
         compile_layers(model, backend="eager")
 
-    monkeypatch.setattr(training, "compile_layers", spy)
+    monkeypatch.setattr(loop, "compile_layers", spy)
     torch._dynamo.reset()
     run_main("--demo", "--compile", "--epochs", "1", "--output-dir", tmp_path / "run")
     model, = compiled

@@ -11,14 +11,17 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from minispan.config import BertConfig
 from minispan.features import Feature
 from minispan.model import BertForQuestionAnswering
-from minispan.training import (TrainingError, accumulate_gradients, compile_layers, latest_checkpoint,
-                               linear_warmup_decay, load_trainer_state, main_process_first, make_optimizer,
-                               batch_plan, micro_batches, optimizer_step, param_groups, predict_logits, resolve_device,
-                               resolve_precision, save_checkpoint, set_dropout, train_step, training_batch,
-                               truncate_log)
+from minispan.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, truncate_log
+from minispan.loop import Progress, batch_plan, training_batch
+from minispan.predict import predict_logits
+from minispan.runtime import Runtime, TrainingError, main_process_first, resolve_device, resolve_precision
+from minispan.speed import compile_layers
+from minispan.step import (Optimization, accumulate_gradients, linear_warmup_decay, make_optimizer, micro_batches,
+                           optimizer_step, param_groups, set_dropout)
 from minispan.weights import load_model, save_model
 
 CPU = torch.device("cpu")
+RT = Runtime(CPU)
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
             max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
@@ -50,6 +53,12 @@ def rows(batch, index):
 
 def no_scaler():
     return torch.amp.GradScaler("cpu", enabled=False)
+
+
+def train_step(model, batches, opt, rt=RT):
+    """The loop's step (loop.train_loop): forward and backward over the micro-batches, then the update."""
+    loss_sum = accumulate_gradients(model, batches, opt.scaler, rt)
+    return loss_sum, optimizer_step(model, opt)
 
 
 def test_optimizer_steps_match_transformers(tmp_path):
@@ -84,7 +93,7 @@ def test_optimizer_steps_match_transformers(tmp_path):
     ours_params = dict(ours.named_parameters())
     for step in range(5):
         batch = tiny_batch(seed=step)
-        loss_sum = accumulate_gradients(ours, [(batch, 1.0)], no_scaler(), CPU, "fp32")
+        loss_sum = accumulate_gradients(ours, [(batch, 1.0)], no_scaler(), RT)
         theirs.train()
         loss = theirs(**batch).loss
         loss.backward()
@@ -94,7 +103,7 @@ def test_optimizer_steps_match_transformers(tmp_path):
         for n, p in names.items():
             p.grad = ours_params[n].grad.clone()
 
-        grad_norm = optimizer_step(ours, optimizer, scheduler, no_scaler(), max_grad_norm=1.0)
+        grad_norm = optimizer_step(ours, Optimization(optimizer, scheduler, no_scaler(), max_grad_norm=1.0))
         their_norm = torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
         their_optimizer.step()
         their_scheduler.step()
@@ -145,7 +154,8 @@ def test_a_training_step_never_waits_for_the_device(precision):
     loss_sum, nonfinite = torch.zeros(()), torch.zeros(())
     with HostReads() as mode:
         for _ in range(2):
-            loss, grad_norm = train_step(model, [(batch, 1.0)], optimizer, scheduler, scaler, CPU, precision, 1.0)
+            loss, grad_norm = train_step(model, [(batch, 1.0)], Optimization(optimizer, scheduler, scaler, 1.0),
+                                         Runtime(CPU, precision))
             loss_sum += loss
             nonfinite += (~torch.isfinite(grad_norm)).float()
     assert mode.ops > 100  # the mode saw the step
@@ -291,7 +301,7 @@ def test_accumulated_micro_batches_equal_one_batch(per_device, sizes):
     whole, split = tiny_model(), tiny_model()
     batch = tiny_batch()
     losses = [accumulate_gradients(model, [(rows(batch, torch.tensor(ix)), w) for ix, w in parts],
-                                   no_scaler(), CPU, "fp32")
+                                   no_scaler(), RT)
               for model, parts in ((whole, [(list(range(6)), 1.0)]),
                                    (split, micro_batches(list(range(6)), 0, 1, per_device)))]
     assert [len(ix) for ix, _ in micro_batches(list(range(6)), 0, 1, per_device)] == sizes
@@ -337,10 +347,10 @@ def test_checkpoint_round_trip(tmp_path):
     optimizer = make_optimizer(model, 1e-3, 0.01, CPU)
     scheduler = linear_warmup_decay(optimizer, 2, 10)
     for step in range(3):
-        train_step(model, [(tiny_batch(seed=step), 1.0)], optimizer, scheduler, no_scaler(), CPU, "fp32", 1.0)
+        train_step(model, [(tiny_batch(seed=step), 1.0)], Optimization(optimizer, scheduler, no_scaler()))
     (tmp_path / "checkpoints" / ".step-9.abc").mkdir(parents=True)  # a crash mid-save leaves such a thing
-    save_checkpoint(tmp_path, 2, model, optimizer, scheduler, no_scaler(), CPU, world_size=1, rank=0)
-    save_checkpoint(tmp_path, 3, model, optimizer, scheduler, no_scaler(), CPU, world_size=1, rank=0)
+    save_checkpoint(tmp_path, model, Optimization(optimizer, scheduler, no_scaler()), RT, Progress.start(CPU, step=2))
+    save_checkpoint(tmp_path, model, Optimization(optimizer, scheduler, no_scaler()), RT, Progress.start(CPU, step=3))
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step-3"
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-3"]  # older ones removed
     expected_rng = torch.get_rng_state()
@@ -349,13 +359,13 @@ def test_checkpoint_round_trip(tmp_path):
     restored = load_model(tmp_path / "checkpoints" / "step-3")
     restored_optimizer = make_optimizer(restored, 1e-3, 0.01, CPU)
     restored_scheduler = linear_warmup_decay(restored_optimizer, 2, 10)
-    step = load_trainer_state(tmp_path / "checkpoints" / "step-3", restored_optimizer, restored_scheduler,
-                              no_scaler(), CPU, rank=0, world_size=1)
+    step = load_trainer_state(tmp_path / "checkpoints" / "step-3",
+                              Optimization(restored_optimizer, restored_scheduler, no_scaler()), RT)
     assert step == 3 and torch.equal(torch.get_rng_state(), expected_rng)
     assert restored_scheduler.get_last_lr() == scheduler.get_last_lr()
     # The next step is identical, bit for bit.
     for m, o, s in ((model, optimizer, scheduler), (restored, restored_optimizer, restored_scheduler)):
-        train_step(m, [(tiny_batch(seed=9), 1.0)], o, s, no_scaler(), CPU, "fp32", 1.0)
+        train_step(m, [(tiny_batch(seed=9), 1.0)], Optimization(o, s, no_scaler()))
     for (name, a), b in zip(model.state_dict().items(), restored.state_dict().values()):
         assert torch.equal(a, b), name
 

@@ -1,4 +1,7 @@
-"""The training step's forward and backward, replayed from CUDA graphs.
+"""Speed hooks: the step's forward and backward replayed from CUDA graphs, and compiled encoder layers.
+The loop asks forward_backward_hook for its forward and backward; the plain eager one is step.py's.
+
+CUDA graphs.
 
 Run eagerly, a SpanBERT-base step at batch 32 is about 1,000 GPU kernels, each launched by Python and
 PyTorch's dispatcher in turn. On an H100/H200 the host cannot keep up: measured on an H200, a step took
@@ -9,7 +12,7 @@ busy 97% of it, with gradients identical to the eager step's (bench/README.md, t
 A graph replays the same kernels on the same shapes at the same addresses, so:
 - there is one graph per micro-batch shape (rows x width), recorded the first time that shape comes.
   Nearly every batch has the same rows (twice as many shapes when --per-device-batch-size leaves a
-  smaller last micro-batch in every step), and training.py rounds widths up to a multiple of 8, so there
+  smaller last micro-batch in every step), and batch_width rounds widths up to a multiple of 8, so there
   are at most max_seq_length / 8 widths: 64 for the recipe's 512-token windows;
 - each batch is copied into its graph's own input tensors before the replay;
 - the gradients live in tensors that are never freed, and the recorded backward adds into them.
@@ -21,11 +24,49 @@ Only forward and backward are recorded. Clipping, the fused AdamW update and the
 few multi-tensor kernels), so learning-rate changes and checkpoints work as they do without graphs.
 Dropout stays random: each replay draws new masks (PyTorch advances the graph's random offset).
 """
+import functools
+import logging
+
 import torch
+
+from minispan.step import accumulate_gradients
+
+logger = logging.getLogger("minispan")
+
+
+def forward_backward_hook(model, scaler, rt, cuda_graphs=True):
+    """The loop's forward and backward, batches -> summed loss: replayed from CUDA graphs on one GPU in
+    bf16 or fp32; eager on the CPU, with --no-cuda-graphs (cuda_graphs False), fp16 (the graphs do not
+    handle its loss scaler) and torchrun (nor DistributedDataParallel's all-reduce hooks)."""
+    if cuda_graphs and rt.device.type == "cuda" and rt.precision != "fp16" and rt.world_size == 1:
+        if rt.rank == 0:
+            logger.info("replaying forward and backward from CUDA graphs (one per batch shape; --no-cuda-graphs: off)")
+        return GraphedGradients(model, rt.precision)
+    return functools.partial(accumulate_gradients, model, scaler=scaler, rt=rt)
+
+
+def compile_layers(model, backend="inductor"):
+    """--compile: torch.compile each encoder layer, in place.
+
+    What it buys: between its matrix products a layer runs a dozen small elementwise operations (bias,
+    dropout, residual add, LayerNorm, GELU, autocast's bf16 casts), each a kernel that reads and writes the
+    whole activation; the compiler fuses each run of them into one kernel (the products and the attention
+    stay cuBLAS's and cuDNN's).
+    Why the layers and not the model: the 12 layers run the same code, and their parameters are inputs of
+    the compiled graph rather than constants, so one layer is traced and compiled once and all 12 reuse it.
+    The whole model would be traced unrolled, about 12 times the work: on an H200 it had not finished after 150 s.
+    dynamic=True compiles once with the shapes as symbols for every batch width (by default torch compiles
+    for the first shape, then again for each dimension that changes). A batch of a single feature still
+    compiles once more (torch treats a dimension of size 1 apart), and so does evaluation (no dropout).
+    In place (nn.Module.compile), so state_dict keys keep their names, and on a GPU the CUDA graphs record
+    the compiled kernels as they record eager ones.
+    """
+    for layer in model.bert.encoder.layer:
+        layer.compile(dynamic=True, backend=backend)
 
 
 class GraphedGradients:
-    """training.accumulate_gradients for one CUDA GPU and one process, replayed from CUDA graphs.
+    """step.accumulate_gradients for one CUDA GPU and one process, replayed from CUDA graphs.
 
     Call it with [(batch, weight)] as accumulate_gradients takes them: it adds the micro-batches' weighted
     gradients into the parameters' .grad and returns their summed loss, a tensor on the GPU.

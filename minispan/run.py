@@ -1,0 +1,260 @@
+"""A training run, assembled: its inputs read and checked, its output directory, then the core's
+fine-tuning (loop.fine_tune) and dev evaluation (predict.evaluate). Everything is read and checked before
+the first write, so a bad input overwrites nothing.
+
+Outputs in --output-dir (only rank 0 writes):
+    run_config.json                      the settings (what --resume continues)
+    log.jsonl, checkpoints/step-N/       a line per logging step; the newest checkpoint (checkpoint.py)
+    config.json model.safetensors        the fine-tuned model (load_model, pipeline, transformers)
+    vocab.txt tokenizer_config.json      its tokenizer
+    predictions.json null_odds.json      dev predictions and their null odds (predict.py)
+    span_predictions.json eval_results.json
+"""
+import dataclasses
+import logging
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from minispan.checkpoint import latest_checkpoint, truncate_log
+from minispan.config import BertConfig
+from minispan.features import build_features
+from minispan.files import read_json, read_json_object, write_json
+from minispan.loop import TrainConfig, TrainingSet, batch_plan, fine_tune
+from minispan.model import BertForQuestionAnswering
+from minispan.predict import DevSet, evaluate
+from minispan.runtime import TrainingError, main_process_first, start_process_group, start_runtime
+from minispan.squad import read_squad
+from minispan.step import set_dropout
+from minispan.tokenizer import WordPieceTokenizer, load_tokenizer
+from minispan.weights import load_model, save_model
+
+logger = logging.getLogger("minispan")
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample.json"  # the demo's data
+# A tiny random BERT learns (nearly all of) the 45 hand-written questions: it shows every stage working.
+DEMO = dict(model=None, train_file=str(SAMPLE), dev_file=str(SAMPLE), output_dir="runs/demo", epochs=40, lr=3e-3,
+            batch_size=8, max_seq_length=192, doc_stride=64, max_query_length=32, warmup_ratio=0.1, dropout=0.0,
+            save_every=100, log_every=20, device="cpu")
+DEMO_MODEL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                  max_position_embeddings=256)
+
+SAVED = [f for f in dataclasses.fields(TrainConfig) if f.name not in ("resume", "overwrite")]  # run_config.json
+
+# Files a run writes in --output-dir: another run's are never overwritten without --overwrite.
+RUN_FILES = ("run_config.json", "log.jsonl", "checkpoints", "config.json", "model.safetensors", "vocab.txt",
+             "tokenizer_config.json", "predictions.json", "null_odds.json", "span_predictions.json",
+             "eval_results.json")
+
+
+def train(cfg, run_dir):
+    """The whole job: inputs, model, fine-tuning with checkpoints, then the dev evaluation. Returns the
+    metrics (None in processes other than rank 0)."""
+    rt = start_runtime(cfg)
+    run_dir.check()
+    if rt.world_size > 1:
+        start_process_group(rt)  # waits for every process: all have checked the output dir
+    train_examples, dev_examples, dev_dataset = read_data(cfg, rt)
+    checkpoint = latest_checkpoint(run_dir.path) if cfg.resume else None
+    torch.manual_seed(cfg.seed)  # the same fresh head (or demo model) in every process
+    tokenizer, model, source = tokenizer_and_model(cfg, rt, train_examples, checkpoint)
+    if cfg.dropout is not None:
+        set_dropout(model, cfg.dropout)
+    model.to(rt.device)  # the demo model: load_model built the others there
+
+    sizes = dict(max_seq_length=cfg.max_seq_length, doc_stride=cfg.doc_stride, max_query_length=cfg.max_query_length)
+    features = build_features(train_examples, tokenizer, **sizes, training=True, progress=rt.rank == 0)
+    if not features:
+        raise TrainingError(f"{cfg.train_file}: no usable training questions (no answer found in its context)")
+    # The dev windows too, now: a setting they cannot take must fail before training, not after it.
+    dev = DevSet(dev_examples, build_features(dev_examples, tokenizer, **sizes, progress=True), dev_dataset) \
+        if rt.rank == 0 else None
+    plan = batch_plan([len(f.input_ids) for f in features], cfg.batch_size, cfg.epochs, cfg.seed)
+    data = TrainingSet(features, plan, len(plan) // cfg.epochs, tokenizer.pad_token_id)
+    if rt.rank == 0:
+        share = -(-min(cfg.batch_size, len(features)) // rt.world_size)  # a process's share of a batch, at most
+        per_device = cfg.per_device_batch_size or -(-cfg.batch_size // rt.world_size)
+        logger.info("%d training features from %d questions; %s on %s; %d process(es) x %d features per "
+                    "micro-batch", len(features), len(train_examples), rt.precision, rt.device, rt.world_size,
+                    min(per_device, share))
+        if cfg.resume:
+            run_dir.continue_from(checkpoint)
+        else:
+            run_dir.start(cfg, tokenizer, source, rt)
+
+    fine_tune(model, data, cfg, rt, checkpoint)
+
+    metrics = None
+    if rt.rank == 0:
+        save_model(model, run_dir.path)
+        metrics = evaluate(model, dev, rt, tokenizer.pad_token_id, output_dir=run_dir.path)
+    if rt.world_size > 1:
+        torch.distributed.destroy_process_group()
+    return metrics
+
+
+def read_data(cfg, rt):
+    """The training questions, the dev questions, and the dev file's data as the official evaluation takes
+    it (only the questions we predict). Checked now, as the scoring at the end will check them."""
+    from minispan.metrics import gold_answers
+
+    cfg.train_file = squad_file(cfg.train_file, "train", rt)
+    train_examples = read_questions(cfg.train_file, cfg.limit, training=True)
+    if all(example.is_impossible for example in train_examples):
+        raise TrainingError(f"{cfg.train_file}: no answerable questions to learn spans from")
+    cfg.dev_file = squad_file(cfg.dev_file, "dev", rt)
+    dev_examples = read_questions(cfg.dev_file, cfg.limit)
+    keep = {example.id for example in dev_examples}
+    data = read_json(cfg.dev_file)["data"]  # read_squad has checked the file's shape
+    data = [dict(article, paragraphs=[dict(p, qas=[q for q in p["qas"] if q["id"] in keep])
+                                      for p in article["paragraphs"]]) for article in data]
+    try:  # read_squad accepts questions without gold answers (files made for prediction only); scoring does not
+        gold_answers(data)
+    except ValueError as e:
+        raise TrainingError(f"{cfg.dev_file}: cannot score predictions against it: {e}") from None
+    return train_examples, dev_examples, data
+
+
+def read_questions(path, limit, training=False):
+    """The first `limit` questions (all when None) of a SQuAD 2.0 file, as Examples."""
+    examples = read_squad(path, training=training)[:limit]
+    if not examples:
+        raise TrainingError(f"{path}: no questions")
+    return examples
+
+
+def squad_file(path, split, rt):
+    """--train-file / --dev-file, or the official file in data/ (downloaded by rank 0 when missing)."""
+    if path is not None:
+        if not Path(path).is_file():
+            raise TrainingError(f"--{split}-file {path}: no such file")
+        return Path(path)
+    from minispan.download import ensure_squad
+
+    return main_process_first(lambda: ensure_squad(split, data_dir="data"), rt.rank == 0, rt.world_size)
+
+
+def model_dir(name, rt):
+    """--model: a directory, or a SpanBERT name (downloaded by rank 0 into models/)."""
+    if Path(name).is_dir():
+        return Path(name)
+    from minispan.download import SPANBERT, ensure_spanbert
+
+    if name not in SPANBERT:
+        raise TrainingError(f"--model {name}: not a directory, and not a known model "
+                            f"(expected a directory or one of {', '.join(SPANBERT)})")
+    return main_process_first(lambda: ensure_spanbert(name, cache_dir="models"), rt.rank == 0, rt.world_size)
+
+
+def tokenizer_and_model(cfg, rt, train_examples, checkpoint):
+    """A new run: the --model directory's (the demo builds its own). A resumed run: the tokenizer saved in its
+    directory, the model of its newest checkpoint (or --model's again, if killed before the first).
+    Returns (tokenizer, model, the --model directory or None)."""
+    source = None if cfg.demo or cfg.resume else model_dir(cfg.model, rt)
+    if cfg.resume:
+        tokenizer = load_tokenizer(cfg.output_dir)  # saved there when the run started
+    elif cfg.demo:
+        tokenizer = demo_tokenizer(train_examples)
+    else:
+        tokenizer = load_tokenizer(source)
+    if checkpoint is not None:
+        model = load_model(checkpoint, device=rt.device)
+    elif cfg.demo:
+        model = BertForQuestionAnswering(BertConfig(vocab_size=tokenizer.vocab_size, **DEMO_MODEL))
+    else:  # a fresh start, or a resume killed before its first checkpoint
+        model = load_model(source or model_dir(cfg.model, rt), device=rt.device)
+    if model.config.vocab_size < tokenizer.vocab_size:
+        raise TrainingError(f"--model {cfg.model}: vocabulary of {tokenizer.vocab_size} tokens but the model "
+                            f"has {model.config.vocab_size} embeddings")
+    positions = model.config.max_position_embeddings
+    if cfg.max_seq_length > positions:
+        raise TrainingError(f"--max-seq-length {cfg.max_seq_length}: the model "
+                            f"({'the demo' if cfg.demo else cfg.model}) has {positions} positions; use "
+                            f"--max-seq-length {positions} or less")
+    return tokenizer, model, source
+
+
+def demo_tokenizer(examples):
+    """A WordPiece vocabulary for the demo, built from the sample's own text: every character (as a word's
+    first piece and as a ##continuation), then every word, most frequent first.
+
+    Not tokenizers' WordPiece trainer: it breaks ties between equally frequent pairs in hash-map order,
+    which changes from process to process, and the demo's processes (torchrun, --resume, the tests that
+    compare runs) must all get the same vocabulary. Words are split exactly as the tokenizer will split
+    them, by the `tokenizers` BERT normalizer and pre-tokenizer.
+    """
+    from tokenizers import normalizers, pre_tokenizers
+
+    normalize, split = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    texts = dict.fromkeys(text for e in examples for text in (e.context, e.question))
+    words = Counter(word for text in texts for word, _ in split.pre_tokenize_str(normalize.normalize_str(text)))
+    chars = sorted({c for word in words for c in word})
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars]
+    tokens += [w for w, _ in sorted(words.items(), key=lambda item: (-item[1], item[0])) if len(w) > 1]
+    return WordPieceTokenizer({token: i for i, token in enumerate(tokens)}, lowercase=True)
+
+
+class RunDir:
+    """--output-dir: another run's files are refused (unless --overwrite or --resume), cleared for a new
+    run; once the run's run_config.json is written, Ctrl-C can say how to resume it."""
+
+    def __init__(self, cfg):
+        self.path = Path(cfg.output_dir)
+        self.resumable = bool(cfg.resume)
+        self.overwrite, self.demo, self.resume = cfg.overwrite, cfg.demo, cfg.resume
+
+    def check(self):
+        out = self.path
+        if self.resume or not out.exists():
+            return
+        if not out.is_dir():
+            raise TrainingError(f"--output-dir {out}: exists and is not a directory")
+        present = [name for name in RUN_FILES if (out / name).exists()]
+        if not present or self.overwrite:
+            return
+        if self.demo and (out / "run_config.json").is_file():  # re-running the demo replaces the demo
+            try:
+                if read_json_object(out / "run_config.json").get("args", {}).get("demo") is True:
+                    return
+            except (ValueError, AttributeError):
+                pass
+        raise TrainingError(f"--output-dir {out} holds another run ({', '.join(present)}); "
+                            "use --resume to continue it, --overwrite to replace it, or another --output-dir")
+
+    def start(self, cfg, tokenizer, source, rt):
+        """A new run: remove a previous run's files (only the names a run writes), then write its own."""
+        for name in RUN_FILES:
+            path = self.path / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        self.path.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(self.path)  # first: run_config.json marks a run that --resume can continue
+        saved = {f.name: getattr(cfg, f.name) for f in SAVED}
+        # The files actually used, as absolute paths: a --resume from another directory reads the same ones.
+        saved.update(train_file=str(Path(cfg.train_file).resolve()), dev_file=str(Path(cfg.dev_file).resolve()))
+        if source is not None:
+            saved["model"] = str(source.resolve())
+        write_json(self.path / "run_config.json", {"args": saved, "world_size": rt.world_size,
+                                                   "precision": rt.precision, "device": str(rt.device)})
+        self.resumable = True
+
+    def continue_from(self, checkpoint):
+        if checkpoint is None:
+            logger.warning("no checkpoint in %s: starting the run over", self.path / "checkpoints")
+        truncate_log(self.path / "log.jsonl", int(checkpoint.name[len("step-"):]) if checkpoint else 0)
+
+    def resume_hint(self):
+        """How to continue an interrupted run, once its run_config.json is written (before that, one found in
+        the output dir belongs to the run that --overwrite is replacing)."""
+        if not self.resumable:
+            return ""
+        world, local = (int(os.environ.get(name, "1")) for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"))
+        nodes = f"--nnodes {world // local} " if world // local > 1 else ""
+        command = f"torchrun {nodes}--nproc_per_node {local}" if world > 1 else "python"
+        later = "" if latest_checkpoint(self.path) else " (no checkpoint yet: it starts again from step 0)"
+        return f"; continue with: {command} train.py --resume {self.path}{later}"

@@ -1,0 +1,173 @@
+"""train.py's command line: flags -> a checked TrainConfig, --resume's rules, and main().
+
+    python train.py --device cuda                        # SpanBERT-base, the official files, 4 epochs
+    torchrun --nproc_per_node 8 train.py --device cuda   # the same run on 8 GPUs
+    python train.py --demo                               # a tiny model on data/sample.json, CPU, about a minute
+
+Flags left unset take the recipe's values (loop.TrainConfig), the demo's (DEMO) with --demo, or with
+--resume the run's own (its run_config.json). Every check of a flag is in check_config, before anything runs.
+"""
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import typing
+from pathlib import Path
+
+from minispan.download import DownloadError
+from minispan.files import read_json_object
+from minispan.loop import TrainConfig
+from minispan.run import DEMO, SAVED, RunDir, train
+from minispan.runtime import TrainingError
+
+# What a --resume may change: where and how fast it runs, never what it computes.
+RESUMABLE = {"device", "precision", "compile", "cuda_graphs", "per_device_batch_size", "save_every", "log_every"}
+PRECISIONS = ("bf16", "fp16", "fp32")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="train.py", description="Fine-tune BERT/SpanBERT on SQuAD 2.0, then predict and evaluate the dev set.")
+    d = TrainConfig()
+    p.add_argument("--model", help=f"a model directory, or spanbert-base-cased / spanbert-large-cased "
+                                   f"(downloaded) (default {d.model})")
+    p.add_argument("--train-file", help="SQuAD 2.0 training JSON (default data/train-v2.0.json, downloaded)")
+    p.add_argument("--dev-file", help="SQuAD 2.0 dev JSON to predict and score (default data/dev-v2.0.json)")
+    p.add_argument("--output-dir", help="where the run writes (default runs/<model name>)")
+    p.add_argument("--epochs", type=int, help=f"passes over the training set (default {d.epochs})")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
+    p.add_argument("--batch-size", type=int, help=f"global batch: features per optimizer step (default {d.batch_size})")
+    p.add_argument("--per-device-batch-size", type=int,
+                   help="micro-batch per process; the rest is gradient accumulation (default batch-size / "
+                        "processes, rounded up; need not divide it)")
+    p.add_argument("--max-seq-length", type=int, help=f"tokens per window (default {d.max_seq_length})")
+    p.add_argument("--doc-stride", type=int, help=f"step between windows, in tokens (default {d.doc_stride})")
+    p.add_argument("--max-query-length", type=int, help=f"question tokens kept (default {d.max_query_length})")
+    p.add_argument("--warmup-ratio", type=float, help=f"share of steps warming up (default {d.warmup_ratio})")
+    p.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {d.weight_decay})")
+    p.add_argument("--max-grad-norm", type=float, help=f"gradient clipping; 0 = off (default {d.max_grad_norm})")
+    p.add_argument("--seed", type=int, help=f"seed for the head, shuffling and dropout (default {d.seed})")
+    p.add_argument("--save-every", type=int, help=f"checkpoint every N steps; 0 = never (default {d.save_every})")
+    p.add_argument("--log-every", type=int, help=f"log every N steps (default {d.log_every})")
+    p.add_argument("--resume", metavar="OUTPUT_DIR", help="continue the run in OUTPUT_DIR from its newest checkpoint")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace the run already in --output-dir")
+    p.add_argument("--limit", type=int, help="use only the first N questions of each file (quick runs)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto: cuda when available)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="default: bf16 where the GPU supports it, else fp16 with loss scaling; fp32 on CPU")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile each encoder layer (fused elementwise kernels): one compile of tens of "
+                        "seconds that serves every batch width (one more for a 1-feature batch, one for "
+                        "evaluation)")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None,
+                   help="on a GPU, launch the step's kernels one by one instead of replaying them from CUDA "
+                        "graphs (slower; for debugging)")
+    p.add_argument("--dropout", type=float, help="override both dropout rates (0 makes runs comparable)")
+    p.add_argument("--demo", action="store_true", default=None,
+                   help="offline, CPU, about a minute: a tiny random BERT learns data/sample.json")
+    return p
+
+
+def parse_args(argv=None):
+    """The flags, filled in from the recipe, the demo or (--resume) the run's own settings, and checked."""
+    flags = {name: value for name, value in vars(build_parser().parse_args(argv)).items() if value is not None}
+    resume, overwrite = flags.pop("resume", None), flags.pop("overwrite", False)
+    if resume and overwrite:
+        raise TrainingError("--resume continues the run in its directory, --overwrite replaces it: give one")
+    if resume:
+        saved = read_run_config(Path(resume))
+        changed = sorted(name for name in set(flags) - RESUMABLE if not same_as_saved(name, flags[name], saved))
+        if changed:
+            raise TrainingError(f"--resume continues {resume} with its saved settings; remove "
+                                + ", ".join("--" + name.replace("_", "-") for name in changed))
+        values = {**saved, **{name: value for name, value in flags.items() if name in RESUMABLE}, "output_dir": resume}
+    else:
+        if flags.get("demo") and "model" in flags:
+            raise TrainingError("--demo trains its own tiny model from scratch; it takes no --model")
+        values = {**(DEMO if flags.get("demo") else {}), **flags}
+        if "output_dir" not in values:
+            values["output_dir"] = str(Path("runs") / Path(values.get("model", TrainConfig.model)).name)
+    cfg = TrainConfig(**values, resume=resume, overwrite=overwrite)
+    check_config(cfg)
+    return cfg
+
+
+def same_as_saved(name, given, saved):
+    """Is a flag repeated with --resume the run's own? The files it used are saved as absolute paths."""
+    value = saved.get(name)
+    if given == value:
+        return True
+    if name in ("train_file", "dev_file", "model") and isinstance(value, str):
+        if Path(given).exists():
+            return str(Path(given).resolve()) == value
+        return name == "model" and Path(value).name == given  # a SpanBERT name: the folder it downloaded to
+    return False
+
+
+def check_config(cfg):
+    """Every flag's own check, in one place (as BERT's validate_flags_or_throw): the run below trusts them."""
+    def flag(name):
+        return "--" + name.replace("_", "-")
+
+    for name in ("lr", "weight_decay", "max_grad_norm", "warmup_ratio"):  # argparse's float() takes nan and inf
+        if not math.isfinite(getattr(cfg, name)):
+            raise TrainingError(f"{flag(name)} must be a finite number, got {getattr(cfg, name)}")
+    for name in ("epochs", "lr", "batch_size", "max_seq_length", "doc_stride", "max_query_length", "log_every"):
+        if not getattr(cfg, name) > 0:
+            raise TrainingError(f"{flag(name)} must be > 0, got {getattr(cfg, name)}")
+    for name in ("weight_decay", "max_grad_norm", "save_every"):
+        if getattr(cfg, name) < 0:
+            raise TrainingError(f"{flag(name)} must be >= 0, got {getattr(cfg, name)}")
+    if not 0 <= cfg.warmup_ratio <= 1:
+        raise TrainingError(f"--warmup-ratio must be between 0 and 1, got {cfg.warmup_ratio}")
+    if cfg.dropout is not None and not 0 <= cfg.dropout < 1:
+        raise TrainingError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    for name in ("limit", "per_device_batch_size"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise TrainingError(f"{flag(name)} must be >= 1, got {getattr(cfg, name)}")
+
+
+def read_run_config(output_dir):
+    """The saved settings of the run in output_dir, each checked to be what its flag would parse to (the
+    file may have been edited by hand)."""
+    path = output_dir / "run_config.json"
+    if not path.is_file():
+        raise TrainingError(f"--resume {output_dir}: no run_config.json there (not a training run's output dir)")
+    saved = read_json_object(path)
+    if not isinstance(saved.get("args"), dict):
+        raise TrainingError(f"{path}: expected an object with the run's 'args'")
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    for field in SAVED:
+        value = saved["args"].get(field.name)
+        kind = next(t for t in (*typing.get_args(field.type), field.type) if t in names)  # Optional[int] -> int
+        if value is None:
+            continue
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, (int, float) if kind is float else kind) \
+                or (field.name == "precision" and value not in PRECISIONS):
+            expected = " or ".join(map(repr, PRECISIONS)) if field.name == "precision" else names[kind]
+            raise TrainingError(f"{path}: args.{field.name} must be {expected}, got {json.dumps(value)}")
+    args = saved["args"]  # a setting saved as null where the flag has a default (say cuda_graphs) takes it
+    return {f.name: args[f.name] for f in SAVED if f.name in args and (args[f.name] is not None or f.default is None)}
+
+
+def main(argv=None):
+    cfg = run_dir = None
+    try:
+        cfg = parse_args(argv)
+        logging.basicConfig(level=logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING,
+                            format="%(message)s")
+        run_dir = RunDir(cfg)
+        metrics = train(cfg, run_dir)
+    except (TrainingError, ValueError, OSError, DownloadError) as e:  # bad input: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C: say how to go on rather than print a traceback
+        if os.environ.get("RANK", "0") == "0":  # once, under torchrun too
+            print("\ninterrupted" + (run_dir.resume_hint() if run_dir else ""), file=sys.stderr)
+        return 130
+    if metrics is not None:
+        print(json.dumps(metrics, indent=2))
+        print(f"wrote the model, predictions.json, null_odds.json and eval_results.json to {cfg.output_dir}")
+    return 0
