@@ -155,7 +155,8 @@ def log(progress, steps_per_epoch, opt, rt, output_dir, bar):
     if rt.precision == "fp16":
         record["loss_scale"] = opt.scaler.get_scale()
     if rt.rank == 0:
-        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", feat_s=f"{record['features_per_s']:.1f}")
+        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                        feat_s=f"{record['features_per_s']:.1f}")
         with open(Path(output_dir) / "log.jsonl", "a", encoding="utf-8") as f:
             # A diverged run's NaN/inf is written as null: bare NaN is Python's extension, not JSON.
             f.write(json.dumps({key: value if not isinstance(value, float) or math.isfinite(value) else None

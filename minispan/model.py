@@ -29,10 +29,11 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids, token_type_ids):
-        positions = torch.arange(input_ids.size(1), device=input_ids.device)  # broadcasts over the batch
-        x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
-        return self.dropout(self.LayerNorm(x))
+    def forward(self, input_ids, token_type_ids):  # (B, L) token ids and segment ids
+        positions = torch.arange(input_ids.size(1), device=input_ids.device)  # (L,): broadcasts over the batch
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)  # (B, L, H) + (L, H)
+        x = x + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))  # (B, L, H)
 
 
 class BertSelfAttention(nn.Module):
@@ -46,23 +47,23 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
 
-    def forward(self, x, mask):
+    def forward(self, x, mask):  # x (B, L, H); mask (B, 1, 1, L), True where a key may be attended to
         B, L, H = x.shape
         # The three projections as one [H -> 3H] matrix product: the values of query(x), key(x), value(x)
         # (up to float rounding), but one kernel instead of three, and under autocast one bf16 copy of x
         # instead of three (a training step dispatches 17% fewer operations: bench/step_overhead.py). The
         # weights stay in the three checkpoint-named Linears; stacking them copies 3 H^2 + 3 H numbers,
         # little next to the product over B * L tokens.
-        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # [3H, H]
-        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # [3H]
-        qkv = F.linear(x, weight, bias).view(B, L, 3, self.num_heads, H // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # [3, B, heads, L, head_size]: q, k and v, each [B, heads, L, head_size]
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3H, H)
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # (3H,)
+        qkv = F.linear(x, weight, bias).view(B, L, 3, self.num_heads, H // self.num_heads)  # (B, L, 3, nh, hs)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (3, B, nh, L, hs): q, k and v, each (B, nh, L, hs)
         # softmax(q k^T / sqrt(head_size)) v, with padded keys masked out. SDPA picks a fused kernel that
         # never materialises the [L, L] matrix (on CUDA with a mask: memory-efficient or cuDNN attention;
         # flash attention takes no mask).
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.dropout_p if self.training else 0.0)
-        return y.transpose(1, 2).reshape(B, L, H)
+                                           dropout_p=self.dropout_p if self.training else 0.0)  # (B, nh, L, hs)
+        return y.transpose(1, 2).reshape(B, L, H)  # the heads side by side again: (B, L, H)
 
 
 class BertAddNorm(nn.Module):
@@ -74,8 +75,8 @@ class BertAddNorm(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x, residual):
-        return self.LayerNorm(residual + self.dropout(self.dense(x)))
+    def forward(self, x, residual):  # x (B, L, in_size), residual (B, L, H)
+        return self.LayerNorm(residual + self.dropout(self.dense(x)))  # (B, L, H)
 
 
 class BertAttention(nn.Module):
@@ -93,8 +94,8 @@ class BertIntermediate(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
 
-    def forward(self, x):
-        return F.gelu(self.dense(x))  # exact erf GELU, as BERT was trained with
+    def forward(self, x):  # (B, L, H)
+        return F.gelu(self.dense(x))  # (B, L, intermediate_size); exact erf GELU, as BERT was trained with
 
 
 class BertLayer(nn.Module):
@@ -104,9 +105,9 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertAddNorm(config.intermediate_size, config)
 
-    def forward(self, x, mask):
-        x = self.attention(x, mask)
-        return self.output(self.intermediate(x), x)
+    def forward(self, x, mask):  # x (B, L, H)
+        x = self.attention(x, mask)  # each token gathers from every other: (B, L, H)
+        return self.output(self.intermediate(x), x)  # then each on its own, widened and narrowed again: (B, L, H)
 
 
 class BertEncoder(nn.Module):
@@ -139,8 +140,8 @@ class BertModel(nn.Module):
         # attend, shaped [B, 1, 1, L] to broadcast over heads and query positions: padded keys are
         # invisible to every query, so padding never changes the real positions' outputs.
         # Without a mask SDPA may use the flash kernel.
-        mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()
-        return self.encoder(self.embeddings(input_ids, token_type_ids), mask)
+        mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()  # (B, 1, 1, L)
+        return self.encoder(self.embeddings(input_ids, token_type_ids), mask)  # (B, L, H)
 
 
 @dataclass
@@ -174,8 +175,8 @@ class BertForQuestionAnswering(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, start_positions=None, end_positions=None):
-        hidden = self.bert(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
-        start_logits, end_logits = self.qa_outputs(hidden).unbind(dim=-1)
+        hidden = self.bert(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)  # (B, L, H)
+        start_logits, end_logits = self.qa_outputs(hidden).unbind(dim=-1)  # (B, L, 2) -> two (B, L)
         loss = None
         if start_positions is not None and end_positions is not None:
             loss = span_loss(start_logits, end_logits, start_positions, end_positions)

@@ -53,15 +53,8 @@ def softmax(scores):
     return exp / exp.sum()
 
 
-def postprocess(
-    examples,
-    features,
-    start_logits,
-    end_logits,
-    n_best_size=20,
-    max_answer_length=30,
-    null_score_diff_threshold=0.0,
-):
+def postprocess(examples, features, start_logits, end_logits, *, n_best_size=20, max_answer_length=30,
+                null_score_diff_threshold=0.0):
     """Returns (predictions, null_odds, nbest), dicts keyed by question id.
 
     start_logits / end_logits: one 1-D array (or tensor) per feature, in `features` order, of that feature's
@@ -70,78 +63,76 @@ def postprocess(
     over the listed scores), `start_logit`, `end_logit`, and for spans the character offsets `start`, `end`
     in the context.
     """
+    check_inputs(examples, features, start_logits, end_logits, n_best_size, max_answer_length)
+    by_example = [[] for _ in examples]
+    for i, feature in enumerate(features):
+        by_example[feature.example_index].append(i)
+
+    predictions, null_odds, nbest = {}, {}, {}
+    for example, feature_ids in zip(examples, by_example):
+        spans, null = [], None  # the valid spans of all its windows; the lowest-scoring [CLS] among them
+        for i in feature_ids:
+            s_logits, e_logits = as_numpy(start_logits[i]), as_numpy(end_logits[i])
+            if null is None or s_logits[0] + e_logits[0] < null["score"]:
+                null = {"text": "", "score": s_logits[0] + e_logits[0], "start_logit": s_logits[0],
+                        "end_logit": e_logits[0]}
+            spans += feature_spans(example, features[i], s_logits, e_logits, n_best_size, max_answer_length)
+        entries = nbest_entries(spans, null, n_best_size)
+        best_span = next((entry for entry in entries if entry["text"]), None)
+        # No valid span in any window (or no window): nothing to answer with.
+        odds = NO_SPAN_NULL_ODDS if best_span is None else float(null["score"] - best_span["score"])
+        null_odds[example.id] = odds
+        predictions[example.id] = best_span["text"] if best_span and odds <= null_score_diff_threshold else ""
+        probabilities = softmax([entry["score"] for entry in entries]) if entries else []
+        nbest[example.id] = [{"text": entry["text"], "probability": float(p), "start_logit": float(entry["start_logit"]),
+                              "end_logit": float(entry["end_logit"]),
+                              **({"start": entry["start"], "end": entry["end"]} if "start" in entry else {})}
+                             for entry, p in zip(entries, probabilities)]
+    return predictions, null_odds, nbest
+
+
+def feature_spans(example, feature, start_logits, end_logits, n_best_size, max_answer_length):
+    """One window's valid spans as n-best entries: text (an exact substring of the context), score, logits,
+    character offsets."""
+    return [{"text": example.context[feature.offsets[s][0]:feature.offsets[e][1]], "score": score,
+             "start_logit": start_logits[s], "end_logit": end_logits[e],
+             "start": int(feature.offsets[s][0]), "end": int(feature.offsets[e][1])}
+            for s, e, score in zip(*feature_candidates(feature, start_logits, end_logits, n_best_size,
+                                                       max_answer_length))]
+
+
+def nbest_entries(spans, null, n_best_size):
+    """The n-best list: candidates best first, the null answer among them; the same text from different
+    spans or windows is listed once, with its best score. The null answer is always listed, even when it
+    ranks lower."""
+    candidates = spans + ([null] if null else [])
+    candidates.sort(key=lambda c: -c["score"])  # stable: a span beats the null answer on a tie, as in the original
+    entries, seen = [], set()
+    for candidate in candidates:
+        if len(entries) == n_best_size:
+            break
+        if candidate["text"] not in seen:
+            seen.add(candidate["text"])
+            entries.append(candidate)
+    if null and "" not in seen:
+        entries.append(null)
+    return entries
+
+
+def check_inputs(examples, features, start_logits, end_logits, n_best_size, max_answer_length):
+    """postprocess's checks of what it is handed, so that the code above can trust it."""
     check_positive_ints(n_best_size=n_best_size, max_answer_length=max_answer_length)
     if not (len(features) == len(start_logits) == len(end_logits)):
         raise ValueError(
             f"postprocess: {len(features)} features but {len(start_logits)} start and {len(end_logits)} end logits"
         )
-    by_example = [[] for _ in examples]
     for i, feature in enumerate(features):
         if not 0 <= feature.example_index < len(examples):
             raise ValueError(f"postprocess: feature {i} belongs to example {feature.example_index}, but there are "
                              f"{len(examples)} examples (pass the examples the features were built from)")
-        by_example[feature.example_index].append(i)
-
-    predictions, null_odds, nbest = {}, {}, {}
-    for example, feature_ids in zip(examples, by_example):
-        null = None  # (score, start logit, end logit) of the lowest-scoring [CLS] over the windows
-        spans = []  # (score, start logit, end logit, char start, char end) of the valid spans
-        for i in feature_ids:
-            feature = features[i]
-            s_logits, e_logits = as_numpy(start_logits[i]), as_numpy(end_logits[i])
-            if len(s_logits) != len(feature.input_ids) or len(e_logits) != len(feature.input_ids):
-                raise ValueError(
-                    f"postprocess: feature {i} has {len(feature.input_ids)} tokens but "
-                    f"{len(s_logits)} start / {len(e_logits)} end logits (pass them unpadded)"
-                )
-            feature_null = s_logits[0] + e_logits[0]
-            if null is None or feature_null < null[0]:
-                null = (feature_null, s_logits[0], e_logits[0])
-            for s, e, score in zip(*feature_candidates(feature, s_logits, e_logits, n_best_size, max_answer_length)):
-                spans.append((score, s_logits[s], e_logits[e], feature.offsets[s][0], feature.offsets[e][1]))
-
-        # Candidates best first, the null answer among them; the same text from different spans or windows is
-        # listed once, with its best score. The null answer is always listed, even when it ranks lower.
-        candidates = []
-        for score, s_logit, e_logit, char_start, char_end in spans:
-            text = example.context[char_start:char_end]
-            candidates.append(
-                {"text": text, "score": score, "start_logit": s_logit, "end_logit": e_logit,
-                 "start": int(char_start), "end": int(char_end)}
-            )
-        null_entry = {"text": "", "score": null[0], "start_logit": null[1], "end_logit": null[2]} if null else None
-        if null_entry:
-            candidates.append(null_entry)
-        candidates.sort(key=lambda c: -c["score"])  # stable: a span beats the null answer on a tie, as in the original
-        entries, seen = [], set()
-        for candidate in candidates:
-            if len(entries) == n_best_size:
-                break
-            if candidate["text"] not in seen:
-                seen.add(candidate["text"])
-                entries.append(candidate)
-        if null_entry and "" not in seen:
-            entries.append(null_entry)
-
-        best_span = next((entry for entry in entries if entry["text"]), None)
-        if best_span is None:  # no valid span in any window (or no window): nothing to answer with
-            odds = NO_SPAN_NULL_ODDS
-        else:
-            odds = float(null[0] - best_span["score"])
-        null_odds[example.id] = odds
-        predictions[example.id] = best_span["text"] if best_span and odds <= null_score_diff_threshold else ""
-        probabilities = softmax([entry["score"] for entry in entries]) if entries else []
-        nbest[example.id] = [
-            {
-                "text": entry["text"],
-                "probability": float(p),
-                "start_logit": float(entry["start_logit"]),
-                "end_logit": float(entry["end_logit"]),
-                **({"start": entry["start"], "end": entry["end"]} if "start" in entry else {}),
-            }
-            for entry, p in zip(entries, probabilities)
-        ]
-    return predictions, null_odds, nbest
+        if len(start_logits[i]) != len(feature.input_ids) or len(end_logits[i]) != len(feature.input_ids):
+            raise ValueError(f"postprocess: feature {i} has {len(feature.input_ids)} tokens but "
+                             f"{len(start_logits[i])} start / {len(end_logits[i])} end logits (pass them unpadded)")
 
 
 def write_predictions(output_dir, predictions, null_odds, nbest=None):

@@ -222,24 +222,51 @@ def load_model(path, device=None, dtype=None):
 
     dtype (e.g. torch.bfloat16) converts the floating-point weights. Returns the model in eval mode.
     """
+    config_file, weights_file = model_files(path, dtype)
+    config = BertConfig.from_json(config_file)
+    state, ignored = map_state_dict(load_state_dict_file(weights_file))
+    if ignored:
+        logger.info("%s: ignored %d keys not used for span prediction: %s", weights_file, len(ignored),
+                    _preview(ignored))
+    check_sizes(state, config, weights_file, config_file)
+    # Build the model where it will run, with BERT's random init (so a checkpoint without a span
+    # head already has a fresh one), then copy the checkpoint in: load_state_dict casts each tensor to
+    # its parameter's device and dtype. The file is memory-mapped (safetensors, zip-format .bin), so
+    # its bytes sit in the page cache rather than in a second in-memory copy of the model.
+    with torch.device(device if device is not None else "cpu"):
+        model = BertForQuestionAnswering(config)
+    if dtype is not None:
+        model.to(dtype)  # floating-point tensors only
+    fresh_head = not any(name.startswith("qa_outputs.") for name in state)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()
+                if not (fresh_head and name.startswith("qa_outputs."))}
+    check_shapes(state, expected, weights_file, config_file, every_key=True)
+    model.load_state_dict(state, strict=False)  # strict=False: only a wholly absent span head, checked above
+    if fresh_head:
+        logger.warning("%s has no span head (qa_outputs): initialised a fresh one; fine-tune before use",
+                       weights_file)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# load_model's checks: the files are the user's, so every size is compared before memory is spent on it
+
+
+def model_files(path, dtype):
+    """(config file, weights file) of a model directory; dtype checked."""
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"load_model: dtype must be a floating-point torch.dtype (e.g. torch.bfloat16), got {dtype!r}")
     path = Path(path)
     if not path.is_dir():
         raise WeightsError(f"{path}: expected a directory holding config.json and model.safetensors "
                            "or pytorch_model.bin")
-    config_file = _first_existing(path, CONFIG_NAMES)
-    weights_file = _first_existing(path, WEIGHTS_NAMES)
-    config = BertConfig.from_json(config_file)
-    state, ignored = map_state_dict(load_state_dict_file(weights_file))
-    if ignored:
-        logger.info("%s: ignored %d keys not used for span prediction: %s", weights_file, len(ignored),
-                    _preview(ignored))
+    return _first_existing(path, CONFIG_NAMES), _first_existing(path, WEIGHTS_NAMES)
 
-    # Before building a model from config.json, compare its sizes with the checkpoint, so that a config
-    # claiming a huge model is refused instead of filling memory: the layer count, and the four matrices
-    # whose shapes are the config's sizes. The model is then no bigger than the checkpoint; the other
-    # shapes are compared once it is built.
+
+def check_sizes(state, config, weights_file, config_file):
+    """Before a model is built from config.json, compare its sizes with the checkpoint, so that a config
+    claiming a huge model is refused instead of filling memory: the layer count, and the four matrices
+    whose shapes are the config's sizes. The model is then no bigger than the checkpoint."""
     unknown = [name for name in state if not re.match(r"bert\.(embeddings|encoder\.layer\.\d+)\.|qa_outputs\.", name)]
     if unknown:  # e.g. DDP's module. or torch.compile's _orig_mod. prefix: say so rather than count no layers
         raise WeightsError(f"{weights_file}: does not fit the model in {config_file.name}: unexpected keys "
@@ -249,42 +276,23 @@ def load_model(path, device=None, dtype=None):
         raise WeightsError(f"{weights_file}: holds {len(layers)} encoder layers but {config_file.name} "
                            f"says num_hidden_layers={config.num_hidden_layers}")
     c = config
-    sized = {"bert.embeddings.word_embeddings.weight": (c.vocab_size, c.hidden_size),
-             "bert.embeddings.position_embeddings.weight": (c.max_position_embeddings, c.hidden_size),
-             "bert.embeddings.token_type_embeddings.weight": (c.type_vocab_size, c.hidden_size),
-             "bert.encoder.layer.0.intermediate.dense.weight": (c.intermediate_size, c.hidden_size)}
-    _check_shapes(state, sized, weights_file, config_file)
+    check_shapes(state, {"bert.embeddings.word_embeddings.weight": (c.vocab_size, c.hidden_size),
+                         "bert.embeddings.position_embeddings.weight": (c.max_position_embeddings, c.hidden_size),
+                         "bert.embeddings.token_type_embeddings.weight": (c.type_vocab_size, c.hidden_size),
+                         "bert.encoder.layer.0.intermediate.dense.weight": (c.intermediate_size, c.hidden_size)},
+                 weights_file, config_file)
 
-    # Build the model where it will run, with BERT's random init (so a checkpoint without a span
-    # head already has a fresh one), then copy the checkpoint in: load_state_dict casts each tensor to
-    # its parameter's device and dtype. The file is memory-mapped (safetensors, zip-format .bin), so
-    # its bytes sit in the page cache rather than in a second in-memory copy of the model.
-    with torch.device(device if device is not None else "cpu"):
-        model = BertForQuestionAnswering(config)
-    if dtype is not None:
-        model.to(dtype)  # floating-point tensors only
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    head = [name for name in expected if name.startswith("qa_outputs.")]
-    fresh_head = not any(name in state for name in head)
-    missing = [name for name in expected if name not in state and not (fresh_head and name in head)]
-    unexpected = [name for name in state if name not in expected]
+
+def check_shapes(state, expected, weights_file, config_file, every_key=False):
+    """Each tensor named in `expected` is in the checkpoint's `state`, with the expected shape; with
+    every_key, nothing else is."""
+    missing = [name for name in expected if name not in state]
+    unexpected = [name for name in state if name not in expected] if every_key else []
     if missing or unexpected:
         problems = ([f"missing keys {_preview(missing)}"] if missing else []) + \
                    ([f"unexpected keys {_preview(unexpected)}"] if unexpected else [])
         raise WeightsError(f"{weights_file}: does not fit the model in {config_file.name}: {'; '.join(problems)}")
-    _check_shapes(state, {name: expected[name] for name in state}, weights_file, config_file)
-    model.load_state_dict(state, strict=False)  # strict=False: only a wholly absent span head, checked above
-    if fresh_head:
-        logger.warning("%s has no span head (qa_outputs): initialised a fresh one; fine-tune before use",
-                       weights_file)
-    return model.eval()
-
-
-def _check_shapes(state, expected, weights_file, config_file):
-    """Each tensor named in `expected` is in the checkpoint's `state`, with the expected shape."""
     for name, shape in expected.items():
-        if name not in state:
-            raise WeightsError(f"{weights_file}: does not fit the model in {config_file.name}: missing keys {name}")
         if tuple(state[name].shape) != shape:
             raise WeightsError(f"{weights_file}: {name} has shape {tuple(state[name].shape)} in the checkpoint "
                                f"but {shape} in {config_file.name}")
