@@ -32,7 +32,8 @@ def main():
     questions = [e.question for e in examples]
     contexts = [e.context for e in examples]
 
-    ours_s, features = best_time(lambda: build_features(examples, tokenizer, 384, 128, 64), args.repeat)
+    sizes = dict(max_seq_length=384, doc_stride=128, max_query_length=64)
+    ours_s, features = best_time(lambda: build_features(examples, tokenizer, **sizes), args.repeat)
     peer_s, encoded = best_time(
         lambda: peer(questions, contexts, truncation="only_second", max_length=384, stride=128,
                      return_overflowing_tokens=True, return_offsets_mapping=True, padding=False),

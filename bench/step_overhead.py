@@ -10,10 +10,11 @@ SpanBERT-base's depth (12 layers, 12 heads, 28,996 pieces) but tiny width (--hid
 small and the time is mostly per-operation overhead.
 
 Both models run the same full step as train.py does (bf16 autocast, forward, backward, clipping, fused
-AdamW, schedule, zero_grad: minispan.training.train_step) on the same batch: minispan's
-BertForQuestionAnswering, and transformers' (attn_implementation="sdpa"). Prints, per step, the aten
-operations dispatched (all, and those that compute, i.e. not views), the CPU time (the fastest of --steps
-steps, as noise on a busy machine only adds; one thread), and the ratios.
+AdamW, schedule, zero_grad: minispan.loop.train_loop's step, the forward_backward of
+minispan.speed.forward_backward_hook, eager on the CPU, then minispan.step.optimizer_step) on the same
+batch: minispan's BertForQuestionAnswering, and transformers' (attn_implementation="sdpa"). Prints, per
+step, the aten operations dispatched (all, and those that compute, i.e. not views), the CPU time (the
+fastest of --steps steps, as noise on a busy machine only adds; one thread), and the ratios.
 """
 import argparse
 import collections
@@ -28,7 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from minispan.config import BertConfig  # noqa: E402
 from minispan.model import BertForQuestionAnswering  # noqa: E402
-from minispan.training import linear_warmup_decay, make_optimizer, train_step  # noqa: E402
+from minispan.runtime import Runtime  # noqa: E402
+from minispan.speed import forward_backward_hook  # noqa: E402
+from minispan.step import Optimization, linear_warmup_decay, make_optimizer, optimizer_step  # noqa: E402
 # bench/gpu_train.py: importable because Python puts a script's own folder first on sys.path
 from gpu_train import transformers_model  # noqa: E402
 
@@ -49,13 +52,16 @@ class CountOps(TorchDispatchMode):
 
 def full_step(model, batch):
     """train.py's full step on the CPU, ready to call; warmed up (the optimizer's state, the allocator's caches)."""
-    cpu = torch.device("cpu")
-    optimizer = make_optimizer(model, 2e-5, 0.01, cpu)
+    rt = Runtime(torch.device("cpu"), "bf16")
+    optimizer = make_optimizer(model, 2e-5, 0.01, rt.device)
     scheduler = linear_warmup_decay(optimizer, 10, 10_000)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
+    opt = Optimization(optimizer, scheduler, scaler, max_grad_norm=1.0)
+    forward_backward = forward_backward_hook(model, scaler, rt)  # on the CPU: step.accumulate_gradients
 
     def step():
-        train_step(model, [(batch, 1.0)], optimizer, scheduler, scaler, cpu, "bf16", 1.0)
+        forward_backward([(batch, 1.0)])
+        optimizer_step(model, opt)
 
     for _ in range(3):
         step()
