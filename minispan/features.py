@@ -48,9 +48,13 @@ def max_context_masks(num_tokens, starts, max_window):
 
     A token's score in a window is min(tokens left of it, tokens right of it) + 0.01 * window length (as in
     the original BERT code; all windows but the last are full length, so the term only favours a full window
-    over a shorter last one); the window with the highest score wins, the first one on ties. One pass over
-    the windows, keeping each token's best score so far (memory grows with the context, not with windows x
-    context).
+    over a shorter last one); the window with the highest score wins, the first one on ties. For example, 10
+    context tokens in windows of 6 stepping 3 (windows 0-5, 3-8, 6-9):
+        token 4: window 0 min(4, 1) + 0.06 = 1.06, window 1 min(1, 4) + 0.06 = 1.06: a tie, window 0 keeps it
+        token 5: window 0 min(5, 0) + 0.06 = 0.06, window 1 min(2, 3) + 0.06 = 2.06: window 1
+        token 7: window 1 min(4, 1) + 0.06 = 1.06, window 2 min(1, 2) + 0.04 = 1.04: window 1, the full one
+    so window 0 is max-context for tokens 0-4, window 1 for 5-7, window 2 for 8-9. One pass over the windows,
+    keeping each token's best score so far (memory grows with the context, not with windows x context).
     """
     lengths = np.minimum(max_window, num_tokens - np.asarray(starts))
     position = np.arange(num_tokens)
