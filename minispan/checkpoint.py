@@ -1,8 +1,8 @@
 """Checkpoints: everything a killed run needs to continue exactly where it was.
 
     checkpoints/step-N/    config.json, model.safetensors   the model (save_model)
-                           trainer_state.pt                 the step, AdamW's moments, the schedule, the fp16
-                                                            loss scale, every process's random-number states
+                           trainer_state.pt                 the step, AdamW's moments, the schedule, the fp16 loss
+                                                            scale, each process's random-number states and loss sums
 
 A checkpoint is written under a temporary name and renamed when complete, so a run killed at any moment
 leaves the previous checkpoint or the new one, never half of one. Only the newest is kept. The data order
@@ -12,12 +12,13 @@ import json
 import logging
 import os
 import shutil
+import types
 from pathlib import Path
 
 import torch
 
 from minispan.files import atomic_write
-from minispan.weights import save_model
+from minispan.weights import save_model, torch_load
 
 logger = logging.getLogger("minispan")
 
@@ -42,12 +43,11 @@ def rng_state(device):
 
 def save_checkpoint(output_dir, model, opt, rt, progress):
     """checkpoints/step-N/ for progress.step; the older checkpoints are then deleted. Every process calls
-    it (each draws its own dropout: rank 0 stores all their RNG states); only rank 0 writes."""
-    states = [None] * rt.world_size
+    it (each draws its own dropout and sums its own loss: rank 0 stores all their RNG states and sums, so
+    that a resumed run's next log line is the uninterrupted run's); only rank 0 writes."""
+    gathered = [(rng_state(rt.device), progress.sums().cpu())] * rt.world_size  # then each process's own
     if rt.world_size > 1:
-        torch.distributed.all_gather_object(states, rng_state(rt.device))
-    else:
-        states = [rng_state(rt.device)]
+        torch.distributed.all_gather_object(gathered, gathered[0])
     if rt.rank != 0:
         return
     checkpoints = Path(output_dir) / "checkpoints"
@@ -58,39 +58,105 @@ def save_checkpoint(output_dir, model, opt, rt, progress):
     tmp.mkdir()  # with the usual permissions (mkdtemp's would be private)
     try:
         save_model(model, tmp)
-        state = {"step": progress.step, "optimizer": opt.optimizer.state_dict(),
-                 "scheduler": opt.scheduler.state_dict(), "scaler": opt.scaler.state_dict(), "rng": states}
+        state = {"step": progress.step, "optimizer": opt.optimizer.state_dict(), "rng": [r for r, _ in gathered],
+                 "scheduler": opt.scheduler.state_dict(), "scaler": opt.scaler.state_dict(),
+                 "sums": [s for _, s in gathered]}
         with atomic_write(tmp / "trainer_state.pt", "wb") as f:  # flushed to disk before the rename
-            torch.save(state, f)
+            torch_save(state, f)
         if final.exists():  # a resumed run re-reaching a step it had saved before being killed
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno:  # a full disk, say: name the checkpoint, not its temporary folder
+            raise OSError(e.errno, f"{final}: cannot write: {e.strerror} (any earlier checkpoint is kept)") from None
         raise
     for old in checkpoints.iterdir():  # keep only the newest: it holds everything a resume needs
         if old != final:
             shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
 
 
+def torch_save(obj, f):
+    """torch.save, raising a failed write as itself: torch's zip writer swallows the OSError (a full disk)
+    and fails later with 'RuntimeError: [enforce fail at inline_container.cc:672] unexpected pos'."""
+    failed = []
+
+    def write(data):
+        try:
+            return f.write(data)
+        except OSError as e:
+            failed.append(e)
+            raise
+
+    try:
+        torch.save(obj, types.SimpleNamespace(write=write, flush=f.flush))
+    except RuntimeError as e:
+        raise (failed[0] if failed else e) from None
+
+
 def load_trainer_state(checkpoint, opt, rt):
-    """Restore what save_checkpoint stored (the model is load_model's); return the step to continue from."""
-    state = torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=True)
+    """Restore what save_checkpoint stored (the model is load_model's). Returns the step to continue from
+    and this process's running sums since the last log line ([loss_sum, seen, nonfinite])."""
+    path = checkpoint / "trainer_state.pt"
+    state = check_trainer_state(path, torch_load(path), opt)
     opt.optimizer.load_state_dict(state["optimizer"])
     opt.scheduler.load_state_dict(state["scheduler"])
     if state["scaler"]:
         opt.scaler.load_state_dict(state["scaler"])
+    sums = state.get("sums", [torch.zeros(3)] * len(state["rng"]))  # saved before the sums were: from 0
     if len(state["rng"]) == rt.world_size:
         rng = state["rng"][rt.rank]
         torch.set_rng_state(rng["cpu"])
         if rt.device.type == "cuda" and "cuda" in rng:
             torch.cuda.set_rng_state(rng["cuda"], rt.device)
-    else:  # another process count: dropout can't continue the same streams
-        if rt.rank == 0:
-            logger.warning("%s was saved by %d process(es), resumed by %d: reseeding dropout",
-                           checkpoint, len(state["rng"]), rt.world_size)
-        torch.manual_seed(state["step"] * rt.world_size + rt.rank)
-    return state["step"]
+        return state["step"], sums[rt.rank]
+    # Another process count: dropout can't continue the same streams, and rank 0 carries the sums' total.
+    if rt.rank == 0:
+        logger.warning("%s was saved by %d process(es), resumed by %d: reseeding dropout",
+                       checkpoint, len(state["rng"]), rt.world_size)
+    torch.manual_seed(state["step"] * rt.world_size + rt.rank)
+    return state["step"], sum(sums) if rt.rank == 0 else torch.zeros(3)
+
+
+def check_trainer_state(path, state, opt):
+    """A trainer_state.pt cut short, edited or from another model is one line naming it, not a traceback
+    (or a run going on wrong) later. This run's own states show what a resumable one holds."""
+    if not (isinstance(state, dict) and {"step", "optimizer", "scheduler", "scaler", "rng"} <= set(state)
+            and isinstance(state["rng"], list) and state["rng"]):
+        raise ValueError(f"{path}: expected a dict with step, optimizer, scheduler, scaler and rng (a list), got "
+                         f"{sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__}")
+    rngs, saved = state["rng"], state["optimizer"]
+    for name, own in (("step", 0), ("optimizer", opt.optimizer.state_dict()), ("scheduler", opt.scheduler.state_dict()),
+                      ("scaler", opt.scaler.state_dict() if state["scaler"] else {}),
+                      ("rng", [{"cpu": torch.get_rng_state()}] * len(rngs)), ("sums", [torch.zeros(3)] * len(rngs))):
+        if name in state and (problem := _unlike(state[name], own, name)):
+            raise ValueError(f"{path}: {problem}")
+    params = dict(zip((i for group in saved["param_groups"] for i in group["params"]),
+                      (p for group in opt.optimizer.param_groups for p in group["params"])))
+    for i, moments in saved["state"].items():  # AdamW's step and moments, keyed by the ids in param_groups
+        if i not in params or _unlike(moments, {k: params[i].to("meta") for k in moments if k != "step"}, ""):
+            raise ValueError(f"{path}: optimizer['state'][{i!r}] does not fit the model's parameters")
+    for rng in rngs:
+        try:
+            torch.Generator().set_state(rng["cpu"])  # on a scratch generator: is it a state at all?
+        except RuntimeError as e:
+            raise ValueError(f"{path}: rng: {e}") from None
+    return state
+
+
+def _unlike(saved, own, where):
+    """Where `saved` (read from a file) differs in structure from `own` (this run's own state): another
+    type, a missing key, another length or tensor shape. '' when nowhere."""
+    if type(saved) is not type(own):
+        return f"{where} is {type(saved).__name__}, expected {type(own).__name__}"
+    if isinstance(own, torch.Tensor) and (saved.shape, saved.dtype) != (own.shape, own.dtype):
+        return f"{where} is {saved.dtype} {tuple(saved.shape)}, expected {own.dtype} {tuple(own.shape)}"
+    if isinstance(own, (list, tuple)) and len(saved) != len(own):
+        return f"{where} has {len(saved)} entries, expected {len(own)}"
+    if isinstance(own, dict) and (missing := [key for key in own if key not in saved]):
+        return f"{where} lacks {missing[0]!r}"
+    items = own.items() if isinstance(own, dict) else enumerate(own) if isinstance(own, (list, tuple)) else ()
+    return next(filter(None, (_unlike(saved[key], value, f"{where}[{key!r}]") for key, value in items)), "")
 
 
 def truncate_log(log_file, step):

@@ -49,6 +49,10 @@ def evaluate_files(args, prog):
         print(f"{prog}: {message}", file=sys.stderr)
 
     began = time.perf_counter()
+    for name in (args.pred_file, args.data_file, args.na_prob_file):  # samefile: links and ../ spellings too
+        if args.out_file and name and os.path.exists(args.out_file) and os.path.exists(name) \
+                and os.path.samefile(args.out_file, name):
+            raise UsageError(f"--out-file {args.out_file} is the input file {name}: refused, it would be replaced")
     first, second = _load_json(args.pred_file), _load_json(args.data_file)
     pred_file, data_file = args.pred_file, args.data_file
     if _looks_like_dataset(first) and not _looks_like_dataset(second):
@@ -74,20 +78,7 @@ def evaluate_files(args, prog):
     if unknown:
         say(f"ignored {len(unknown)} predictions for ids not in {data_file} (first: {_first(unknown)})")
 
-    na_probs = None
-    if args.na_prob_file:
-        na_probs = _load_json(args.na_prob_file)
-        _checked(args.na_prob_file, check_na_probs, na_probs, gold)
-        extra = [qid for qid in na_probs if qid not in gold]
-        if extra:
-            say(f"ignored {len(extra)} no-answer probabilities for ids not in {data_file} (first: {_first(extra)})")
-    image_dir = args.out_image_dir
-    if image_dir and na_probs is None:
-        say("--out-image-dir needs --na-prob-file: no images written")
-        image_dir = None
-    if image_dir:
-        _figure_class()
-
+    na_probs, image_dir = _read_na_probs(args, gold, data_file, say)
     out = squad_v2_metrics(dataset, predictions, na_probs, args.na_prob_thresh, image_dir)
     if args.out_file:
         with atomic_write(args.out_file) as f:
@@ -105,6 +96,27 @@ def evaluate_files(args, prog):
         if image_dir:
             say(f"images written to {image_dir}")
         say(f"evaluated in {time.perf_counter() - began:.2f} s")
+
+
+def _read_na_probs(args, gold, data_file, say):
+    """-n's no-answer probabilities, checked, and the folder for -p's images (None: no images), checked before
+    anything is written: the images need matplotlib, and probabilities that are floats."""
+    if not args.na_prob_file:
+        if args.out_image_dir:
+            say("--out-image-dir needs --na-prob-file: no images written")
+        return None, None
+    na_probs = _load_json(args.na_prob_file)
+    _checked(args.na_prob_file, check_na_probs, na_probs, gold)
+    extra = [qid for qid in na_probs if qid not in gold]
+    if extra:
+        say(f"ignored {len(extra)} no-answer probabilities for ids not in {data_file} (first: {_first(extra)})")
+    if args.out_image_dir:
+        _figure_class()
+        huge = [qid for qid in gold if isinstance(na_probs[qid], int) and abs(na_probs[qid]) > sys.float_info.max]
+        if huge:
+            raise UsageError(f"{args.na_prob_file}: the no-answer probability for {huge[0]!r} is an integer too "
+                             "large for a float, which the precision-recall images need")
+    return na_probs, args.out_image_dir
 
 
 def _load_json(path):

@@ -1,51 +1,73 @@
-"""Atomic file writes: a crash or Ctrl-C never leaves a half-written output behind.
+"""Writing outputs without destroying anything, and reading JSON with bounds.
 
-We write to a temporary file in the destination's directory and rename it over the target;
-os.replace is atomic on POSIX and Windows when both names are on the same file system.
+A regular file is written to a temporary file in its directory and renamed over it (os.replace is atomic
+on POSIX and Windows within one file system), so a crash or Ctrl-C never leaves half of one behind.
 """
 import contextlib
 import json
 import os
+import stat
 import tempfile
+
+MAX_JSON_BYTES = 2**30  # above any real SQuAD file (train-v2.0.json: 42 MB); bounds /dev/zero, an endless FIFO
 
 
 @contextlib.contextmanager
 def atomic_write(path, mode="w", encoding="utf-8"):
-    """Open a temporary file for writing; on success it replaces `path`, on error it is removed."""
-    path = os.fspath(path)
-    if os.path.isdir(path):  # else the final rename fails, with an error naming the temporary file
-        raise IsADirectoryError(f"{path}: is a directory, expected a file name")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    """Open `path` for writing. A regular file (or a new one) is written under a temporary name that
+    replaces it on success (keeping its mode) and is removed on error. Anything else is written in place:
+    replacing /dev/null, /dev/stdout or a FIFO with a regular file would break whatever reads it. A symlink
+    is written through to its target. OSErrors name `path`, never the temporary file."""
+    path, kwargs = os.fspath(path), {} if "b" in mode else {"encoding": encoding}
     try:
-        with open(fd, mode, **({} if "b" in mode else {"encoding": encoding})) as f:
+        st = os.stat(path)  # through symlinks: what a write would reach
+    except (FileNotFoundError, NotADirectoryError):
+        st = None
+    if st and stat.S_ISDIR(st.st_mode):  # else the final rename fails, with an error naming the temporary file
+        raise IsADirectoryError(f"{path}: is a directory, expected a file name")
+    target = os.path.realpath(path)
+    directory, tmp = os.path.dirname(target), None
+    hidden = os.path.join(directory, f".{os.path.basename(target)}.")  # the temporary files' names start so
+    try:
+        if st and not stat.S_ISREG(st.st_mode):
+            with open(path, mode, **kwargs) as f:
+                yield f
+            return
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(hidden), suffix=".tmp")
+        with open(fd, mode, **kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         # mkstemp creates the file private (0600); give it the mode an ordinary open() would: the
         # replaced file's own, or for a new file 0666 less the umask (which can only be read by setting it).
-        try:
-            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
-        except FileNotFoundError:
-            umask = os.umask(0o022)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, st.st_mode & 0o7777 if st else 0o666 & ~umask)
+        os.replace(tmp, target)
+    except BaseException as e:
+        if tmp:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno and (e.filename is None or str(e.filename).startswith(hidden)):
+            raise OSError(e.errno, e.strerror, path) from None  # the errno picks the subclass, as in open()
         raise
 
 
-def read_json(path):
-    """Read a JSON file. A file that cannot be read or is not JSON is a one-line ValueError naming it (the
-    callers turn it into their own error type)."""
+def read_json(path, max_bytes=MAX_JSON_BYTES):
+    """Read a JSON file of at most max_bytes. A file that cannot be read, is larger or is not JSON is a
+    one-line ValueError naming it (the callers turn it into their own error type)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        with open(path, "rb") as f:
+            data = bytearray()
+            while len(data) <= max_bytes and (piece := f.read(1 << 24)):  # read(n) would allocate n at once
+                data += piece
     except OSError as e:
         raise ValueError(f"{path}: cannot read: {e.strerror or e}") from None
+    if len(data) > max_bytes:
+        raise ValueError(f"{path}: larger than {max_bytes:,} bytes, more than any JSON file this reads")
+    try:
+        return json.loads(data.decode("utf-8"))
     except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, an integer too long, nesting too deep
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 

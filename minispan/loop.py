@@ -76,8 +76,11 @@ class Progress:
     since: float = field(default_factory=time.perf_counter)
 
     @classmethod
-    def start(cls, device, step=0):
-        return cls(step, *(torch.zeros((), device=device) for _ in range(3)))
+    def start(cls, device, step=0, sums=None):
+        return cls(step, *(torch.zeros(3) if sums is None else sums).to(device).clone().unbind())
+
+    def sums(self):
+        return torch.stack([self.loss_sum, self.seen, self.nonfinite])
 
     def add(self, loss_sum, batches, grad_norm):
         self.step += 1
@@ -144,7 +147,7 @@ def train_loop(model, data, opt, rt, cfg, progress):
 def log(progress, steps_per_epoch, opt, rt, output_dir, bar):
     """A logging step: sum the running sums over the processes (the one wait for the device), then rank 0
     writes a line of log.jsonl and shows the loss on the progress bar. The sums start again from zero."""
-    totals = torch.stack([progress.loss_sum, progress.seen, progress.nonfinite])
+    totals = progress.sums()
     if rt.world_size > 1:
         torch.distributed.all_reduce(totals)
     loss_sum, seen, nonfinite = totals.tolist()
@@ -174,7 +177,7 @@ def fine_tune(model, data, cfg, rt, checkpoint=None):
     opt = make_optimization(model, cfg, rt, total_steps=len(data.plan))
     progress = Progress.start(rt.device)
     if checkpoint is not None:
-        progress.step = load_trainer_state(checkpoint, opt, rt)
+        progress = Progress.start(rt.device, *load_trainer_state(checkpoint, opt, rt))
         if rt.rank == 0:
             logger.info("resuming from %s (step %d of %d)", checkpoint, progress.step, len(data.plan))
     else:

@@ -145,9 +145,22 @@ def save_safetensors(tensors, path):
 
 def read_torch_bin(path):
     """Read a pytorch_model.bin with torch.load(weights_only=True): a pickle that would run code is refused."""
+    # mmap (zip-format checkpoints only) maps the tensors instead of reading them all into memory.
+    state_dict = torch_load(path, mmap=zipfile.is_zipfile(path))
+    if not isinstance(state_dict, dict):
+        raise WeightsError(f"{path}: expected a dict of tensors, got {type(state_dict).__name__}")
+    for key, value in state_dict.items():
+        if not isinstance(key, str):
+            raise WeightsError(f"{path}: key {key!r} is a {type(key).__name__}, expected a parameter name")
+        if not isinstance(value, torch.Tensor):
+            raise WeightsError(f"{path}: entry {key!r} is a {type(value).__name__}, expected a tensor")
+    return dict(state_dict)
+
+
+def torch_load(path, mmap=False):
+    """torch.load(weights_only=True) of a file a user hands over: what it refuses or cannot read is one line."""
     try:
-        # mmap (zip-format checkpoints only) maps the tensors instead of reading them all into memory.
-        state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         # torch wraps the detail that matters ("GLOBAL posix.system ...", "Unsupported operand 8") in advice
         # to load with weights_only=False, which is exactly what must not be done here: keep the detail.
@@ -157,15 +170,7 @@ def read_torch_bin(path):
         raise WeightsError(f"{path}: refused: not a plain tensor checkpoint (corrupt, or holding objects whose "
                            f"unpickling could run code): {detail}") from None
     except (RuntimeError, EOFError, ValueError) as e:
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
-    if not isinstance(state_dict, dict):
-        raise WeightsError(f"{path}: expected a dict of tensors, got {type(state_dict).__name__}")
-    for key, value in state_dict.items():
-        if not isinstance(key, str):
-            raise WeightsError(f"{path}: key {key!r} is a {type(key).__name__}, expected a parameter name")
-        if not isinstance(value, torch.Tensor):
-            raise WeightsError(f"{path}: entry {key!r} is a {type(value).__name__}, expected a tensor")
-    return dict(state_dict)
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({e or 'it ends too soon'})") from None
 
 
 def load_state_dict_file(path):
@@ -296,6 +301,8 @@ def check_shapes(state, expected, weights_file, config_file, every_key=False):
         if tuple(state[name].shape) != shape:
             raise WeightsError(f"{weights_file}: {name} has shape {tuple(state[name].shape)} in the checkpoint "
                                f"but {shape} in {config_file.name}")
+        if not state[name].dtype.is_floating_point:  # I32 for F32 has the same size, and would be cast silently
+            raise WeightsError(f"{weights_file}: {name} has dtype {state[name].dtype}, expected a floating-point one")
 
 
 def save_model(model, directory):

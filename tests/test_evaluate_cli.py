@@ -3,9 +3,11 @@
 With MINISPAN_OFFICIAL_EVAL pointing at a copy of the official evaluate-v2.0.py, the last tests run it on the
 same files and require byte-identical output (stdout and --out-file).
 """
+import errno
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -166,6 +168,41 @@ def test_images_need_matplotlib_and_a_probability_file(tmp_path, sample_path, ca
     code, out, err = run(capsys, pred_file, sample_path, "-n", prob_file, "-p", tmp_path / "img2")
     assert (code, out) == (2, "")
     assert "need matplotlib: pip install 'minispan[plot]'" in err and not (tmp_path / "img2").exists()
+
+
+def test_an_output_that_is_an_input_is_refused_before_anything_is_written(tmp_path, sample_path, capsys):
+    _, _, _, pred_file, prob_file = make_inputs(tmp_path, sample_path)
+    data_file = tmp_path / "dev.json"
+    shutil.copy(sample_path, data_file)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.json").symlink_to(prob_file)
+    before = {path: path.read_bytes() for path in (pred_file, prob_file, data_file)}
+    for out in (pred_file, tmp_path / "sub" / ".." / "dev.json", tmp_path / "link.json"):  # the same files
+        code, stdout, err = run(capsys, pred_file, data_file, "-n", prob_file, "-p", tmp_path / "img", "-o", out)
+        assert (code, stdout) == (2, "") and err.count("\n") == 1
+        assert f"--out-file {out} is the input file" in err and "refused" in err
+    assert {path: path.read_bytes() for path in before} == before and not (tmp_path / "img").exists()
+
+
+def test_huge_probabilities_and_unwritable_outputs_are_one_line(tmp_path, sample_path, capsys, monkeypatch):
+    """A 4,000-digit integer is a valid JSON number but no float: refused before the image folder is made.
+    A write that fails (a full disk) names the user's output, not the hidden temporary file."""
+    pytest.importorskip("matplotlib", reason="the image test needs matplotlib")
+    _, _, probs, pred_file, _ = make_inputs(tmp_path, sample_path)
+    huge = tmp_path / "huge.json"
+    huge.write_text(json.dumps(probs).replace(str(next(iter(probs.values()))), "9" * 4000, 1))
+    code, out, err = run(capsys, pred_file, sample_path, "-n", huge, "-p", tmp_path / "img")
+    assert (code, out) == (2, "") and err.count("\n") == 1 and not (tmp_path / "img").exists()
+    assert f"{huge}: the no-answer probability for {next(iter(probs))!r} is an integer too large" in err
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    code, out, err = run(capsys, pred_file, sample_path, "-o", tmp_path / "eval.json")
+    assert (code, out) == (2, "") and ".tmp" not in err
+    assert err.endswith(f": error: [Errno 28] No space left on device: {str(tmp_path / 'eval.json')!r}\n")
+    assert not list(tmp_path.glob("*eval.json*"))
 
 
 def test_the_script_exits_2_without_a_traceback(tmp_path, sample_path):

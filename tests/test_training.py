@@ -1,6 +1,9 @@
 """The training loop's pieces: optimizer step vs transformers, accumulation, sharding, schedule, checkpoints."""
 import collections
+import errno
+import io
 import os
+import pickle
 import random
 import shutil
 
@@ -359,9 +362,9 @@ def test_checkpoint_round_trip(tmp_path):
     restored = load_model(tmp_path / "checkpoints" / "step-3")
     restored_optimizer = make_optimizer(restored, 1e-3, 0.01, CPU)
     restored_scheduler = linear_warmup_decay(restored_optimizer, 2, 10)
-    step = load_trainer_state(tmp_path / "checkpoints" / "step-3",
-                              Optimization(restored_optimizer, restored_scheduler, no_scaler()), RT)
-    assert step == 3 and torch.equal(torch.get_rng_state(), expected_rng)
+    step, sums = load_trainer_state(tmp_path / "checkpoints" / "step-3",
+                                    Optimization(restored_optimizer, restored_scheduler, no_scaler()), RT)
+    assert step == 3 and torch.equal(torch.get_rng_state(), expected_rng) and torch.equal(sums, torch.zeros(3))
     assert restored_scheduler.get_last_lr() == scheduler.get_last_lr()
     # The next step is identical, bit for bit.
     for m, o, s in ((model, optimizer, scheduler), (restored, restored_optimizer, restored_scheduler)):
@@ -383,3 +386,125 @@ def test_dropout_override():
     b = model(**batch).start_logits
     model.eval()
     assert torch.equal(b, model(**batch).start_logits)  # dropout 0 in training = eval mode
+
+
+def saved_run(tmp_path, step=3):
+    """A tiny model trained `step` steps and checkpointed, with running sums of (1.5, 6, 1) since its last
+    log line; returns the Optimization that saved it."""
+    model = tiny_model()
+    opt = fresh_optimization(model)
+    for i in range(step):
+        train_step(model, [(tiny_batch(seed=i), 1.0)], opt)
+    save_checkpoint(tmp_path, model, opt, RT, Progress.start(CPU, step, torch.tensor([1.5, 6.0, 1.0])))
+    return model, opt
+
+
+def fresh_optimization(model):
+    optimizer = make_optimizer(model, 1e-3, 0.01, CPU)
+    return Optimization(optimizer, linear_warmup_decay(optimizer, 2, 10), no_scaler())
+
+
+def test_running_sums_are_resumed_for_any_process_count(tmp_path):
+    """The loss and feature counts since the last log line come back (a resumed run's next log line is the
+    uninterrupted run's): each process its own, or with another process count the total on rank 0.
+    Checkpoints from before the sums were saved resume with sums of 0."""
+    model, _ = saved_run(tmp_path)
+    checkpoint = tmp_path / "checkpoints" / "step-3"
+    step, sums = load_trainer_state(checkpoint, fresh_optimization(model), RT)
+    assert step == 3 and sums.tolist() == [1.5, 6.0, 1.0]
+    progress = Progress.start(CPU, step, sums)
+    assert (progress.step, progress.loss_sum.item(), progress.seen.item(), progress.nonfinite.item()) == (3, 1.5, 6, 1)
+
+    state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)  # as two processes would save it
+    two = [torch.tensor([1.5, 6.0, 1.0]), torch.tensor([0.5, 5.0, 0.0])]
+    torch.save({**state, "rng": state["rng"] * 2, "sums": two}, checkpoint / "trainer_state.pt")
+    for rt, expected in ((RT, [2.0, 11.0, 1.0]), (Runtime(CPU, rank=0, world_size=3), [2.0, 11.0, 1.0]),
+                         (Runtime(CPU, rank=1, world_size=3), [0.0, 0.0, 0.0])):
+        assert load_trainer_state(checkpoint, fresh_optimization(model), rt)[1].tolist() == expected
+    del state["sums"]
+    torch.save(state, checkpoint / "trainer_state.pt")
+    assert load_trainer_state(checkpoint, fresh_optimization(model), RT)[1].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_a_corrupt_trainer_state_is_one_line_naming_it(tmp_path):
+    """--resume reads trainer_state.pt from disk: cut short, empty, a refused pickle, keys missing, values of
+    the wrong type or shape, a random state that is not one: a ValueError naming the file and the problem,
+    never torch's advice to load with weights_only=False; nothing is restored from a refused file."""
+    model, _ = saved_run(tmp_path)
+    path = tmp_path / "checkpoints" / "step-3" / "trainer_state.pt"
+    good, state = path.read_bytes(), torch.load(path, weights_only=True)
+    bad_rng = state["rng"][0]["cpu"].clone()
+    bad_rng[:] = 0  # the right size, but no Mersenne Twister state
+    moments = state["optimizer"]["state"][0]
+    cases = [
+        (b"", "not a readable PyTorch checkpoint"),
+        (good[:len(good) // 2], "not a readable PyTorch checkpoint"),
+        (pickle.dumps(collections.OrderedDict(a=shutil.rmtree), protocol=2), "refused: not a plain tensor checkpoint"),
+        ({k: v for k, v in state.items() if k != "scheduler"}, "expected a dict with step, optimizer, scheduler"),
+        ([1, 2], "got list"),
+        ({**state, "step": "3"}, "step is str, expected int"),
+        ({**state, "scheduler": {**state["scheduler"], "last_epoch": 3.0}}, r"scheduler\['last_epoch'\] is float"),
+        ({**state, "scheduler": {k: v for k, v in state["scheduler"].items() if k != "lr_lambdas"}},
+         "scheduler lacks 'lr_lambdas'"),
+        ({**state, "optimizer": {**state["optimizer"], "param_groups": state["optimizer"]["param_groups"][:1]}},
+         r"optimizer\['param_groups'\] has 1 entries, expected 2"),
+        ({**state, "optimizer": {**state["optimizer"], "state": {0: {**moments, "exp_avg": torch.zeros(3)}}}},
+         r"optimizer\['state'\]\[0\] does not fit the model's parameters"),
+        ({**state, "rng": [{"cpu": bad_rng}]}, "rng: Invalid mt19937 state"),
+        ({**state, "rng": [{"cpu": bad_rng[:10]}]}, r"rng\[0\]\['cpu'\] is torch.uint8 \(10,\), expected torch.uint8"),
+        ({**state, "sums": [torch.zeros(3, dtype=torch.int64)]}, r"sums\[0\] is torch.int64"),
+    ]
+    rng = torch.get_rng_state()
+    for content, message in cases:
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            torch.save(content, path)
+        opt = fresh_optimization(model)
+        with pytest.raises(ValueError, match=rf"^{path}: .*{message}") as raised:
+            load_trainer_state(path.parent, opt, RT)
+        assert "weights_only" not in str(raised.value) and "\n" not in str(raised.value)
+        assert opt.scheduler.last_epoch == 0 and torch.equal(torch.get_rng_state(), rng)
+
+
+def full_disk(free):
+    """open() whose raw writes fail with ENOSPC once `free` bytes are written in all, as on a full disk (the
+    buffered layer above is Python's own, so the failure surfaces where a real one would)."""
+    left = [free]
+
+    class Raw(io.FileIO):
+        def write(self, data):
+            if len(data) > left[0]:
+                left[0] = 0
+                raise OSError(errno.ENOSPC, "No space left on device")
+            left[0] -= len(data)
+            return super().write(data)
+
+    def open_(file, mode="r", encoding=None):
+        if "w" not in mode:
+            return open(file, mode, encoding=encoding)
+        buffered = io.BufferedWriter(Raw(file, "w"))
+        return buffered if "b" in mode else io.TextIOWrapper(buffered, encoding=encoding)
+
+    return open_
+
+
+@pytest.mark.parametrize("where", ["model.safetensors", "trainer_state.pt"])
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, where):
+    """The disk fills up while writing the model or while torch.save writes the trainer state (where torch
+    turns the failed write into 'RuntimeError: [enforce fail at inline_container.cc:672]'): an OSError naming
+    the checkpoint, not its hidden temporary folder; the previous checkpoint intact, and resumable."""
+    import minispan.files
+
+    model, opt = saved_run(tmp_path, step=2)
+    model_bytes = (tmp_path / "checkpoints" / "step-2" / "model.safetensors").stat().st_size
+    monkeypatch.setattr(minispan.files, "open", full_disk(100 if where == "model.safetensors" else model_bytes + 2000),
+                        raising=False)
+    with pytest.raises(OSError) as raised:
+        save_checkpoint(tmp_path, model, opt, RT, Progress.start(CPU, step=3))
+    monkeypatch.undo()  # space freed
+    assert str(raised.value) == (f"[Errno 28] {tmp_path / 'checkpoints' / 'step-3'}: cannot write: No space left on "
+                                 "device (any earlier checkpoint is kept)")
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-2"]
+    assert load_trainer_state(tmp_path / "checkpoints" / "step-2", fresh_optimization(load_model(
+        tmp_path / "checkpoints" / "step-2")), RT)[0] == 2

@@ -303,6 +303,24 @@ def test_missing_files_and_bad_config(tmp_path):
         load_model(tmp_path)
 
 
+def test_a_weight_must_have_a_floating_point_dtype(tmp_path):
+    """A header declaring I32 for an F32 weight has the same byte size: every other check passes, and
+    load_state_dict would cast the integers' bit patterns into different weights."""
+    directory = tmp_path / "m"
+    save_model(tiny_model(), directory)
+    blob = (directory / "model.safetensors").read_bytes()
+    entry = b'"qa_outputs.weight":{"dtype":"F32"'
+    assert blob.count(entry) == 1
+    (directory / "model.safetensors").write_bytes(blob.replace(entry, entry.replace(b"F32", b"I32")))
+    with pytest.raises(WeightsError, match=r"model\.safetensors: qa_outputs\.weight has dtype torch\.int32, "
+                                           r"expected a floating-point one"):
+        load_model(directory)
+    state = {**tiny_model().state_dict(), "bert.embeddings.LayerNorm.bias": torch.zeros(32, dtype=torch.int64)}
+    with pytest.raises(WeightsError, match=r"pytorch_model\.bin: bert\.embeddings\.LayerNorm\.bias has dtype "
+                                           r"torch\.int64"):
+        load_model(write_checkpoint(tmp_path / "bin", state, fmt="bin"))
+
+
 def test_truncated_checkpoint_in_model_dir(tmp_path):
     directory = tmp_path / "m"
     save_model(tiny_model(), directory)
