@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from minispan.files import atomic_write
-from minispan.weights import save_model, torch_load
+from minispan.tensor_files import torch_load
+from minispan.weights import save_model
 
 logger = logging.getLogger("minispan")
 

@@ -12,8 +12,8 @@ import torch
 
 from minispan.config import BertConfig, ConfigError
 from minispan.model import BertForQuestionAnswering
-from minispan.weights import (WeightsError, load_model, load_state_dict_file, map_state_dict, read_safetensors,
-                              save_model, save_safetensors)
+from minispan.tensor_files import WeightsError, load_state_dict_file, read_safetensors, save_safetensors
+from minispan.weights import load_model, map_state_dict, save_model
 
 
 # The oracles, imported by the tests that use them: without them those tests skip, the others still run
