@@ -1,28 +1,18 @@
 """Speed hooks: the step's forward and backward replayed from CUDA graphs, and compiled encoder layers.
 The loop asks forward_backward_hook for its forward and backward; the plain eager one is step.py's.
 
-CUDA graphs.
-
-Run eagerly, a SpanBERT-base step at batch 32 is about 1,000 GPU kernels, each launched by Python and
-PyTorch's dispatcher in turn. On an H100/H200 the host cannot keep up: measured on an H200, a step took
-27 ms of which the GPU was busy 12. A CUDA graph records a step's kernels once and then relaunches all of
-them with a single call: in one run on that card, 15.7 ms a step against 54.0 ms eager (3.4x), the GPU
-busy 97% of it, with gradients identical to the eager step's (bench/README.md, tests/test_cuda_graphs.py).
-
-A graph replays the same kernels on the same shapes at the same addresses, so:
-- there is one graph per micro-batch shape (rows x width), recorded the first time that shape comes.
-  Nearly every batch has the same rows (twice as many shapes when --per-device-batch-size leaves a
-  smaller last micro-batch in every step), and batch_width rounds widths up to a multiple of 8, so there
-  are at most max_seq_length / 8 widths: 64 for the recipe's 512-token windows;
+CUDA graphs. Run eagerly, a SpanBERT-base step at batch 32 launches about 1,000 GPU kernels one by one
+from Python, and a fast GPU waits for the host (an H200 was busy 12 ms of a 27 ms eager step). A graph
+records the kernels once and relaunches them all with one call: 15.7 ms a step against 54.0 ms eager,
+measured in one run on that card, with the same gradients (bench/README.md, tests/test_cuda_graphs.py). A graph replays the
+same kernels on the same shapes at the same addresses, so:
+- there is one graph per micro-batch shape (rows x width), recorded when the shape first comes; widths are
+  rounded up to a multiple of 8 (features.batch_width): at most 64 shapes for 512-token windows;
 - each batch is copied into its graph's own input tensors before the replay;
 - the gradients live in tensors that are never freed, and the recorded backward adds into them.
-All graphs share one memory pool. That is safe because they run one after another on one stream and
-nothing but the loss leaves a graph: one graph's scratch memory can be another's, and the pool is as
-large as the largest graph needs rather than the sum of them.
-
-Only forward and backward are recorded. Clipping, the fused AdamW update and the schedule stay eager (a
-few multi-tensor kernels), so learning-rate changes and checkpoints work as they do without graphs.
-Dropout stays random: each replay draws new masks (PyTorch advances the graph's random offset).
+All graphs share one memory pool: they run one after another on one stream and nothing but the loss
+leaves a graph. Clipping, AdamW and the schedule stay eager (a few multi-tensor kernels). Dropout stays
+random: each replay draws new masks.
 """
 import functools
 import logging
@@ -46,21 +36,11 @@ def forward_backward_hook(model, scaler, rt, cuda_graphs=True):
 
 
 def compile_layers(model, backend="inductor"):
-    """--compile: torch.compile each encoder layer, in place.
-
-    What it buys: between its matrix products a layer runs a dozen small elementwise operations (bias,
-    dropout, residual add, LayerNorm, GELU, autocast's bf16 casts), each a kernel that reads and writes the
-    whole activation; the compiler fuses each run of them into one kernel (the products and the attention
-    stay cuBLAS's and cuDNN's).
-    Why the layers and not the model: the 12 layers run the same code, and their parameters are inputs of
-    the compiled graph rather than constants, so one layer is traced and compiled once and all 12 reuse it.
-    The whole model would be traced unrolled, about 12 times the work: on an H200 it had not finished after 150 s.
-    dynamic=True compiles once with the shapes as symbols for every batch width (by default torch compiles
-    for the first shape, then again for each dimension that changes). A batch of a single feature still
-    compiles once more (torch treats a dimension of size 1 apart), and so does evaluation (no dropout).
-    In place (nn.Module.compile), so state_dict keys keep their names, and on a GPU the CUDA graphs record
-    the compiled kernels as they record eager ones.
-    """
+    """--compile: torch.compile each encoder layer, in place, fusing each run of its small elementwise
+    kernels (bias, dropout, residual add, LayerNorm, GELU, casts) into one. The 12 layers run the same code
+    with their parameters as inputs, so one compile serves all of them (the whole model, unrolled, had not
+    compiled after 150 s on an H200); dynamic=True: one compile for every batch width. In place, so the
+    state_dict keeps its names and the CUDA graphs record the compiled kernels."""
     for layer in model.bert.encoder.layer:
         layer.compile(dynamic=True, backend=backend)
 
