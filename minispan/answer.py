@@ -1,8 +1,9 @@
 """Question answering on raw text: minispan.pipeline, and its command line `python -m minispan.answer`.
 
-As on the SpanBERT model card, with a model that train.py fine-tuned:
+As on the SpanBERT model card, with a model on the Hugging Face Hub or one that train.py fine-tuned:
 
-    qa = minispan.pipeline("runs/spanbert-base-cased")
+    qa = minispan.pipeline("question-answering", model="mrm8488/spanbert-finetuned-squadv2",
+                           tokenizer="mrm8488/spanbert-finetuned-squadv2")   # or pipeline("runs/spanbert-base-cased")
     qa({"question": "Who wrote it?", "context": "It was written by Ann."})
     # {'score': 0.93, 'start': 18, 'end': 21, 'answer': 'Ann'}
 
@@ -18,8 +19,7 @@ get the same output. Its conventions differ from the SQuAD evaluation path (feat
 
 The command line answers one question and prints the answer as JSON:
 
-    python -m minispan.answer --model runs/spanbert-base-cased \\
-        --question "Who wrote it?" --context "It was written by Ann."
+    python -m minispan.answer --model mrm8488/spanbert-finetuned-squadv2 --question "Who wrote it?" --context "..."
 
 (The module is not called pipeline.py because `import minispan.pipeline` would then replace the function
 minispan.pipeline with the module of the same name.)
@@ -27,41 +27,34 @@ minispan.pipeline with the module of the same name.)
 import argparse
 import json
 import sys
+import warnings
 from collections import defaultdict
 
 import numpy as np
 import torch
 
+from minispan.download import DownloadError
 from minispan.features import build_features, check_positive_ints, make_batch
+from minispan.files import read_json_object
 from minispan.postprocess import softmax
+from minispan.runtime import resolve_device
 from minispan.squad import Example
 from minispan.tokenizer import load_tokenizer
-from minispan.runtime import resolve_device
 from minispan.weights import load_model
 
-BATCH_SIZE = 32  # windows per forward pass, at most
+# A call's options and defaults, transformers 4.46's (batch_size: windows per forward pass; 1 there). None: see __call__
+OPTIONS = dict(top_k=1, handle_impossible_answer=False, max_answer_len=15, max_seq_len=None, doc_stride=None,
+               max_question_len=None, align_to_words=True, batch_size=32)
 
 
 class QuestionAnsweringPipeline:
-    def __init__(self, model, tokenizer, device=None):
+    def __init__(self, model, tokenizer, device=None, **options):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device if device is None else torch.device(device)
+        self.options = check_arguments(options, call=True)  # every call's defaults, as pipeline(..., top_k=3) sets
 
-    def __call__(
-        self,
-        inputs=None,
-        *,
-        question=None,
-        context=None,
-        top_k=1,
-        handle_impossible_answer=False,
-        max_answer_len=15,
-        max_seq_len=None,
-        doc_stride=None,
-        max_question_len=None,
-        align_to_words=True,
-    ):
+    def __call__(self, inputs=None, *, question=None, context=None, **options):
         """qa({"question": q, "context": c}) or qa(question=q, context=c) -> {"score", "start", "end", "answer"}.
 
         A list of questions (or of dicts) gives a list of results. With top_k > 1 a result is a list of up to
@@ -70,73 +63,58 @@ class QuestionAnsweringPipeline:
         transformers' pipeline with a fast tokenizer (which accepts max_question_len but ignores it).
         """
         examples, is_list = parse_inputs(inputs, question, context)
-        if max_seq_len is None:
-            max_seq_len = min(384, self.model.config.max_position_embeddings)
-        if doc_stride is None:
-            doc_stride = min(max_seq_len // 2, 128)
-        if max_question_len is None:
-            max_question_len = max_seq_len
-        check_positive_ints(top_k=top_k, max_answer_len=max_answer_len, max_seq_len=max_seq_len,
-                            max_question_len=max_question_len)
-        if isinstance(doc_stride, bool) or not isinstance(doc_stride, int) or doc_stride < 0:
-            raise ValueError(f"doc_stride must be a non-negative integer, got {doc_stride!r}")
-        if max_seq_len > self.model.config.max_position_embeddings:
-            positions = self.model.config.max_position_embeddings
+        o = {**OPTIONS, **self.options, **check_arguments(options, call=True)}
+        positions = self.model.config.max_position_embeddings
+        max_seq_len = o["max_seq_len"] or min(384, self.tokenizer.model_max_length or 384, positions)
+        doc_stride = min(max_seq_len // 2, 128) if o["doc_stride"] is None else o["doc_stride"]
+        if max_seq_len > positions:
             raise ValueError(f"max_seq_len={max_seq_len} exceeds the model's {positions} positions")
-
         features = []
         for i, example in enumerate(examples):
-            question_length = min(len(self.tokenizer.encode(example.question).ids), max_question_len)
+            question_length = len(self.tokenizer.encode(example.question).ids)  # not truncated unless asked, as in 4.x
+            question_length = min(question_length, o["max_question_len"] or question_length)
             window = max_seq_len - question_length - 3  # room for context tokens next to [CLS] q [SEP] ... [SEP]
             if window <= doc_stride:
-                raise ValueError(
-                    f"max_seq_len={max_seq_len} leaves {window} context tokens per window after the question, "
-                    f"not more than the doc_stride={doc_stride} overlap: use a larger max_seq_len or a smaller "
-                    "doc_stride"
-                )
+                raise ValueError(f"max_seq_len={max_seq_len} leaves {window} context tokens, not more than the "
+                                 f"doc_stride={doc_stride} overlap: use a larger max_seq_len or a smaller doc_stride")
             # build_features' doc_stride is the step between windows: here, the window minus the overlap.
-            step = window - doc_stride
-            example_features = build_features([example], self.tokenizer, max_seq_length=max_seq_len, doc_stride=step,
-                                              max_query_length=max_question_len)
-            if all(o is None for o in example_features[0].offsets):
+            example_features = build_features([example], self.tokenizer, max_seq_length=max_seq_len,
+                                              doc_stride=window - doc_stride, max_query_length=question_length)
+            if all(offset is None for offset in example_features[0].offsets):
                 raise ValueError(f"input {i}: context has no tokens (only control characters?)")
             for feature in example_features:
                 feature.example_index = i
                 features.append(feature)
-        start_logits, end_logits = self.logits(features)
+        start_logits, end_logits = self.logits(features, o["batch_size"])
 
-        answers = [[] for _ in examples]
-        null_scores = [None] * len(examples)
-        word_ids = [self.tokenizer.encode(example.context).word_ids for example in examples] if align_to_words else None
+        answers, null_scores = [[] for _ in examples], [None] * len(examples)
+        word_ids = [self.tokenizer.encode(e.context).word_ids if o["align_to_words"] else None for e in examples]
         for feature, s, e in zip(features, start_logits, end_logits):
             i = feature.example_index
-            spans, null = window_answers(feature, s, e, top_k, max_answer_len, word_ids[i] if word_ids else None)
+            spans, null = window_answers(feature, s, e, o["top_k"], o["max_answer_len"], word_ids[i])
             answers[i] += [{"score": score, "start": start, "end": end, "answer": examples[i].context[start:end]}
                            for score, start, end in spans]
             null_scores[i] = null if null_scores[i] is None else min(null_scores[i], null)
-
         results = []
         for example_answers, null in zip(answers, null_scores):
-            if handle_impossible_answer:
+            if o["handle_impossible_answer"]:
                 example_answers.append({"score": null, "start": 0, "end": 0, "answer": ""})
-            example_answers = sorted(example_answers, key=lambda a: -a["score"])[:top_k]
+            example_answers = sorted(example_answers, key=lambda a: -a["score"])[:o["top_k"]]
             results.append(example_answers[0] if len(example_answers) == 1 else example_answers)
         return results if is_list else results[0]
 
     @torch.inference_mode()
-    def logits(self, features):
-        """Run the model over all windows; unpadded float64 numpy start and end logits per window.
-
-        Windows of equal length share a batch, so there is no padding at all: a question's windows are all
-        full but the last, and a CPU spends no time on padding tokens.
-        """
+    def logits(self, features, batch_size):
+        """Run the model over all windows; unpadded float64 numpy start and end logits per window. Windows of
+        equal length share a batch, so there is no padding at all: a question's windows are all full but the
+        last, and a CPU spends no time on padding tokens."""
         start_logits, end_logits = [None] * len(features), [None] * len(features)
         by_length = defaultdict(list)
         for i, feature in enumerate(features):
             by_length[len(feature.input_ids)].append(i)
         for indices in by_length.values():
-            for b in range(0, len(indices), BATCH_SIZE):
-                chunk = indices[b : b + BATCH_SIZE]
+            for b in range(0, len(indices), batch_size):
+                chunk = indices[b : b + batch_size]
                 batch = make_batch([features[i] for i in chunk], self.tokenizer.pad_token_id)
                 output = self.model(**{name: t.to(self.device) for name, t in batch.items()})
                 for row, i in enumerate(chunk):
@@ -196,57 +174,88 @@ def parse_inputs(inputs, question, context):
     if inputs is not None:
         if question is not None or context is not None:
             raise ValueError("pass either a dict (or list of dicts) or question=/context=, not both")
-        is_list = isinstance(inputs, (list, tuple))
-        items = list(inputs) if is_list else [inputs]
-        for n, item in enumerate(items):
+        is_list, pairs = isinstance(inputs, (list, tuple)), []
+        for n, item in enumerate(inputs if isinstance(inputs, (list, tuple)) else [inputs]):
             if not isinstance(item, dict):
                 raise ValueError(f"input {n}: expected a dict with keys 'question' and 'context', "
                                  f"got {type(item).__name__}")
             missing = [key for key in ("question", "context") if key not in item]
             if missing:
                 raise ValueError(f"input {n}: the dict has no {' and no '.join(map(repr, missing))}")
-        pairs = [(item["question"], item["context"]) for item in items]
+            pairs.append((item["question"], item["context"]))
     elif question is not None and context is not None:
         is_list = isinstance(question, (list, tuple))
         if is_list and isinstance(context, (list, tuple)):
             if len(question) != len(context):
                 raise ValueError(f"{len(question)} questions but {len(context)} contexts")
             pairs = list(zip(question, context))
-        elif is_list:  # many questions about one context
-            pairs = [(q, context) for q in question]
-        else:
-            pairs = [(question, context)]
+        else:  # one question, or many about one context
+            pairs = [(q, context) for q in question] if is_list else [(question, context)]
     else:
         raise ValueError("expected qa({'question': ..., 'context': ...}) or qa(question=..., context=...)")
     if not pairs:
         raise ValueError("no questions given")
-    examples = []
     for n, (q, c) in enumerate(pairs):
         for name, value in [("question", q), ("context", c)]:
             if not isinstance(value, str):
                 raise ValueError(f"input {n}: {name} must be a string, got {type(value).__name__}")
             if not value.strip():
                 raise ValueError(f"input {n}: {name} is empty")
-        examples.append(Example(id=str(n), title="", question=q, context=c))
-    return examples, is_list
+    return [Example(id=str(n), title="", question=q, context=c) for n, (q, c) in enumerate(pairs)], is_list
 
 
-def pipeline(model_dir, device=None):
-    """Load a fine-tuned model and its tokenizer from `model_dir`; returns a question-answering callable.
+def pipeline(task=None, model=None, *, tokenizer=None, revision=None, token=None, **arguments):
+    """pipeline(path), or the card's pipeline("question-answering", model=..., tokenizer=...): a directory or a
+    Hub id (owner/name: fetched at `revision`, with `token` or HF_TOKEN). The other arguments are transformers
+    4.46's (check_arguments): device, torch_dtype, and the defaults of every call (top_k=3, batch_size=8, ...)."""
+    from minispan.hub import resolve_model
 
-    device: None (the CPU), "auto" (the GPU if there is one), or anything torch.device takes."""
-    if device == "auto":
-        device = resolve_device("auto")  # train.py's rule: the GPU when there is one
-    tokenizer = load_tokenizer(model_dir)  # first: a missing vocabulary fails fast, before the weights load
-    model = load_model(model_dir, device=device)
-    return QuestionAnsweringPipeline(model, tokenizer, device=device)
+    if model is None and task != "question-answering":  # pipeline(path)
+        task, model = None, task
+    if task not in (None, "question-answering") or model is None:
+        raise ValueError(f"pipeline: task {task!r}, model {model!r}: minispan answers questions "
+                         "('question-answering') with the model you name (it has no default one)")
+    arguments = check_arguments(arguments, call=False)  # all of them, before anything loads
+    device, dtype = arguments.pop("device", None), arguments.pop("torch_dtype", None)
+    model_dir = resolve_model(model, revision, token)
+    tokenizer = load_tokenizer(model_dir if tokenizer in (None, model) else  # before the weights: fails fast
+                               resolve_model(tokenizer, revision, token, weights=False))
+    if dtype == "auto":  # 4.x: the checkpoint's own
+        dtype = getattr(torch, read_json_object(model_dir / "config.json").get("torch_dtype") or "float32")
+    return QuestionAnsweringPipeline(load_model(model_dir, device=device, dtype=dtype), tokenizer, device, **arguments)
+
+
+def check_arguments(arguments, call):
+    """Every check of the pipeline's arguments, for pipeline(...) (call=False) and for a call: transformers 4.46's,
+    with its meanings (and topk, its old spelling of top_k); anything else is one line naming it. None: the
+    default. Returns the arguments given, checked, with device and torch_dtype converted."""
+    arguments = {name: value for name, value in arguments.items() if value is not None}
+    if "topk" in arguments:
+        warnings.warn("topk parameter is deprecated, use top_k instead", UserWarning)  # 4.46's words
+        arguments.setdefault("top_k", arguments.pop("topk"))
+    known = [*OPTIONS] if call else [*OPTIONS, "device", "torch_dtype"]
+    unknown = [name for name in arguments if name not in known]
+    if unknown:
+        raise ValueError(f"{'qa' if call else 'pipeline'}: unknown argument {unknown[0]!r} (minispan takes "
+                         f"{'' if call else 'model, tokenizer, revision, token, '}{', '.join(known)})")
+    check_positive_ints(**{name: arguments[name] for name in ("top_k", "max_answer_len", "max_seq_len",
+                                                              "max_question_len", "batch_size") if name in arguments})
+    stride, device, dtype = arguments.get("doc_stride", 0), arguments.get("device"), arguments.get("torch_dtype")
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 0:
+        raise ValueError(f"doc_stride must be a non-negative integer, got {stride!r}")
+    if device is not None:  # -1: the CPU; N: the GPU cuda:N; "auto": train.py's rule, the GPU if there is one
+        arguments["device"] = resolve_device(str(device) if not isinstance(device, int) else "cpu" if device < 0
+                                             else f"cuda:{device}")
+    if isinstance(dtype, str) and dtype != "auto":  # "bfloat16" -> torch.bfloat16 (load_model checks it)
+        arguments["torch_dtype"] = getattr(torch, dtype, dtype)
+    return arguments
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m minispan.answer",
                                      description="Answer one question from the command line and print the answer "
                                                  "as JSON.")
-    parser.add_argument("--model", required=True, help="directory with config.json, the weights and vocab.txt")
+    parser.add_argument("--model", required=True, help="a model directory, or a Hugging Face Hub id (owner/name)")
     parser.add_argument("--question", required=True)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--context", help="the text to find the answer in")
@@ -280,7 +289,7 @@ def main(argv=None):
             max_seq_len=args.max_seq_len,
             doc_stride=args.doc_stride,
         )
-    except (OSError, ValueError) as e:  # missing files, bad JSON or weights, bad input
+    except (OSError, ValueError, DownloadError) as e:  # missing files or Hub model, bad JSON or weights, bad input
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result, ensure_ascii=False, indent=2))

@@ -1,17 +1,7 @@
-"""Downloads: the official SQuAD 2.0 files and SpanBERT's pretrained weights.
+"""Downloads that no library serves: the official SQuAD 2.0 files (into data/), and the release tarball
+that SpanBERT's weights fall back to when the Hugging Face Hub fails (hub.py fetches them into models/).
 
-What a fresh machine needs before training, and where it goes:
-
-    data/train-v2.0.json, data/dev-v2.0.json    the SQuAD explorer site's files
-    models/spanbert-base-cased/                 config.json + pytorch_model.bin (SpanBERT's release),
-                                                vocab.txt (BERT's cased vocabulary: SpanBERT ships
-                                                none, it was pretrained with BERT's), and
-                                                tokenizer_config.json saying do_lower_case false
-
-SpanBERT's weights come from the Hugging Face hub, or, when that fails, from the original
-release tarball on dl.fbaipublicfiles.com.
-
-Every file is fetched to NAME.part and renamed once complete, so an interrupted download is
+Every file here is fetched to NAME.part and renamed once complete, so an interrupted download is
 resumed with an HTTP Range request instead of restarted, and a half file is never taken for a
 whole one. A file over 4 GiB, larger than any of these, is refused. Nothing is used before it is
 validated. Offline, the error says what to fetch from where and where to put it.
@@ -32,26 +22,14 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from minispan.files import read_json, write_json
+from minispan.files import read_json
 
-# Base URLs; the environment variables (or the functions' url arguments) point them elsewhere,
-# e.g. at a mirror, or at the local server the tests run.
-SQUAD_URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset/"  # MINISPAN_SQUAD_URL
-HUB_URL = "https://huggingface.co/"  # MINISPAN_HUB_URL: {HUB_URL}{repo}/resolve/main/{file}
-SPANBERT_URL = "https://dl.fbaipublicfiles.com/fairseq/models/"  # MINISPAN_SPANBERT_URL
+# MINISPAN_SQUAD_URL (or base_url=) points it elsewhere: at a mirror, or at the local server the tests run.
+SQUAD_URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset/"
 
 # Questions in the official files: a file with another count is not the one the numbers are for.
 SQUAD_QUESTIONS = {"train": 130_319, "dev": 11_873}
 
-# name -> (hub repo, original release tarball, hub repo of the vocabulary it was pretrained with).
-# The vocabularies are the ones SpanBERT's own code maps these names to (28,996 entries).
-SPANBERT = {
-    "spanbert-base-cased": ("SpanBERT/spanbert-base-cased", "spanbert_hf_base.tar.gz",
-                            "google-bert/bert-base-cased"),
-    "spanbert-large-cased": ("SpanBERT/spanbert-large-cased", "spanbert_hf.tar.gz",
-                             "google-bert/bert-large-cased"),
-}
-WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
 CHUNK = 1 << 20
 MAX_BYTES = 4 << 30  # per file: SpanBERT-large's tarball is 1.2 GB; a server sending more is not sending it
 USER_AGENT = "minispan-download"
@@ -65,7 +43,7 @@ class _Interrupted(Exception):
     """The transfer stopped midway; what arrived is kept in the .part file."""
 
 
-def _base_url(given, env_var, default):
+def env_url(given, env_var, default):
     url = given or os.environ.get(env_var) or default
     return url if url.endswith("/") else url + "/"
 
@@ -83,7 +61,7 @@ def download(url, dest, attempts=3, timeout=60, progress=True, max_bytes=MAX_BYT
     part = dest.with_name(dest.name + ".part")
     if part.is_symlink() or (part.exists() and not part.is_file()):  # appending would write elsewhere
         raise DownloadError(f"{part}: not a regular file (a link?); delete it to download {url}")
-    with _new_folders(dest.parent):
+    with new_folders(dest.parent):
         for attempt in range(1, attempts + 1):
             try:
                 _fetch(url, part, timeout, progress, max_bytes)
@@ -98,7 +76,7 @@ def download(url, dest, attempts=3, timeout=60, progress=True, max_bytes=MAX_BYT
 
 
 @contextlib.contextmanager
-def _new_folders(folder):
+def new_folders(folder):
     """mkdir -p folder; if the block fails, remove the folders this made that are still empty, so a failed
     download leaves no trace (a kept .part file keeps its folder)."""
     created = [f for f in (folder, *folder.parents) if not f.exists()]  # innermost first
@@ -212,7 +190,7 @@ def ensure_squad(split, data_dir="data", *, base_url=None, expected_questions=No
     if path.exists():  # put there by an earlier run or by hand: it still has to be the official file
         _check_squad(path, expected, f"delete {path} to download it again")
         return path
-    url = _base_url(base_url, "MINISPAN_SQUAD_URL", SQUAD_URL) + path.name
+    url = env_url(base_url, "MINISPAN_SQUAD_URL", SQUAD_URL) + path.name
     try:
         download(url, path, progress=progress)
     except DownloadError as e:
@@ -243,93 +221,7 @@ def _check_squad(path, expected_questions, hint):
                             f"{expected_questions:,}; {hint}")
 
 
-# --- SpanBERT ----------------------------------------------------------------------------------
-
-def ensure_spanbert(name, cache_dir="models", *, source="auto", hub_url=None, tarball_url=None,
-                    progress=True):
-    """Directory `cache_dir`/`name` holding SpanBERT's config.json, weights, vocab.txt and
-    tokenizer_config.json (cased), ready for load_model and load_tokenizer; downloaded if missing.
-
-    source: "hub" (the Hugging Face hub), "tarball" (the original release) or "auto" (hub, then
-    tarball). Files are gathered and validated in `cache_dir`/.`name`.download/ (which keeps
-    partial downloads between runs) and the directory is renamed into place when complete.
-    Call it from one process only (rank 0 under torchrun).
-    """
-    if name not in SPANBERT:
-        raise ValueError(f"unknown model {name!r}: expected one of {', '.join(SPANBERT)} or a directory")
-    if source not in ("auto", "hub", "tarball"):
-        raise ValueError(f"unknown source {source!r}: expected 'auto', 'hub' or 'tarball'")
-    repo, tarball, vocab_repo = SPANBERT[name]
-    target = Path(cache_dir) / name
-    if target.exists():
-        return _existing(target)
-
-    hub = _base_url(hub_url, "MINISPAN_HUB_URL", HUB_URL)
-    release = _base_url(tarball_url, "MINISPAN_SPANBERT_URL", SPANBERT_URL) + tarball
-    vocab_url = f"{hub}{vocab_repo}/resolve/main/vocab.txt"
-    staging = Path(cache_dir) / f".{name}.download"
-    offline_hint = (f"Offline? Put config.json and pytorch_model.bin from {hub}{repo}/resolve/main/ "
-                    f"(or extracted from {release}) and {vocab_url} in {target}/")
-    try:
-        with _new_folders(staging):  # nothing arrived: no trace left
-            if not (staging / "config.json").exists() or _weights_file(staging) is None:
-                errors = []
-                for each in ("hub", "tarball") if source == "auto" else (source,):
-                    try:
-                        if each == "hub":
-                            for file in ("config.json", "pytorch_model.bin"):
-                                download(f"{hub}{repo}/resolve/main/{file}", staging / file, progress=progress)
-                        else:
-                            _weights_from_tarball(release, staging, progress)
-                        break
-                    except DownloadError as e:
-                        errors.append(str(e))
-                else:
-                    raise DownloadError("; ".join(errors))
-            if not (staging / "vocab.txt").exists():
-                download(vocab_url, staging / "vocab.txt", progress=progress)
-    except DownloadError as e:
-        raise DownloadError(f"cannot get {name}: {e}. {offline_hint}") from None
-
-    try:
-        check_model_dir(staging)
-    except DownloadError as e:
-        raise DownloadError(f"{e} (delete {staging} to download again)") from None
-    os.replace(staging, target)
-    return _existing(target)  # which also writes tokenizer_config.json
-
-
-def _existing(target):
-    """A model directory from an earlier run, or one filled by hand after the offline message."""
-    missing = [f for f in ("config.json", "vocab.txt") if not (target / f).exists()]
-    if _weights_file(target) is None:
-        missing.append(" or ".join(WEIGHTS_FILES))
-    if missing:
-        raise DownloadError(f"{target} exists but lacks {', '.join(missing)}: complete it or delete it")
-    if not (target / "tokenizer_config.json").exists():
-        write_json(target / "tokenizer_config.json", {"do_lower_case": False})  # SpanBERT is cased
-    return target
-
-
-def _weights_file(directory):
-    return next((directory / f for f in WEIGHTS_FILES if (directory / f).exists()), None)
-
-
-def _weights_from_tarball(url, staging, progress):
-    """The original release: a .tar.gz holding config.json and pytorch_model.bin (no vocabulary)."""
-    archive = staging / url.rsplit("/", 1)[-1]
-    download(url, archive, progress=progress)
-    extracted = staging / "extracted"
-    shutil.rmtree(extracted, ignore_errors=True)
-    extract_tarball(archive, extracted)
-    for file in ("config.json", "pytorch_model.bin"):
-        found = sorted(extracted.rglob(file))  # at the top or inside one folder, depending on release
-        if len(found) != 1:
-            raise DownloadError(f"{archive}: expected one {file}, found {len(found)}")
-        os.replace(found[0], staging / file)
-    shutil.rmtree(extracted)
-    archive.unlink()
-
+# --- tarballs (SpanBERT's original release) ------------------------------------------------------
 
 def extract_tarball(archive, directory):
     """Extract regular files and folders only, after checking every member.
@@ -377,55 +269,21 @@ def _check_member(member, directory, archive):
         raise DownloadError(f"{archive}: refusing member {name!r}: path leaves the extraction folder")
 
 
-def check_model_dir(directory):
-    """Validate a downloaded model folder: the vocabulary fits the config and the weights load.
-
-    Loading is done by load_model itself, the function training calls next, so every key of the
-    encoder must be there with the config's shapes (a pretrained encoder has no span head: that
-    one is initialised fresh).
-    """
-    # The readers load_model and load_tokenizer use. Imported here: tokenizers and torch are not needed
-    # to download SQuAD.
-    from minispan.config import BertConfig
-    from minispan.tokenizer import SPECIAL_TOKENS, read_vocab
-    from minispan.weights import load_model
-
-    directory = Path(directory)
-    try:
-        vocab_size = BertConfig.from_json(directory / "config.json").vocab_size
-    except (ValueError, OSError) as e:  # ConfigError is a ValueError
-        raise DownloadError(f"{directory / 'config.json'}: not a BERT config ({e})") from None
-    try:
-        vocab = read_vocab(directory / "vocab.txt")
-    except ValueError as e:  # empty, or not UTF-8 (read_vocab names the file)
-        raise DownloadError(str(e)) from None
-    ids = max(vocab.values()) + 1  # the embedding rows it needs (the tokenizer's vocab_size)
-    bert_tokens = (*SPECIAL_TOKENS, "[MASK]")  # what the tokenizer needs, and pretraining's mask: any BERT vocabulary's
-    if ids != vocab_size or not set(bert_tokens) <= set(vocab):
-        raise DownloadError(f"{directory / 'vocab.txt'}: {ids:,} tokens, expected the config's "
-                            f"vocab_size {vocab_size:,} including {' '.join(bert_tokens)}")
-
-    try:
-        load_model(directory)
-    except (ValueError, OSError) as e:  # WeightsError and ConfigError are ValueErrors
-        raise DownloadError(f"{directory}: the weights do not load ({e})") from None
-
-
 # --- command line ------------------------------------------------------------------------------
 
 def main(argv=None):
+    from minispan.hub import SPANBERT, ensure_spanbert
+
     parser = argparse.ArgumentParser(prog="python -m minispan.download",
                                      description="Download SQuAD 2.0 or SpanBERT's pretrained weights.")
     parser.add_argument("what", choices=["squad", *SPANBERT])
     parser.add_argument("--dest", help="folder to put them in (default: data/ for squad, models/ for SpanBERT)")
-    parser.add_argument("--source", choices=["auto", "hub", "tarball"], default="auto",
-                        help="where SpanBERT's weights come from (default: the hub, then the tarball)")
     args = parser.parse_args(argv)
     try:
         if args.what == "squad":
             paths = [ensure_squad(split, args.dest or "data") for split in ("train", "dev")]
         else:
-            paths = [ensure_spanbert(args.what, args.dest or "models", source=args.source)]
+            paths = [ensure_spanbert(args.what, args.dest or "models")]  # the Hub, else the release tarball
     except (DownloadError, ValueError, OSError) as e:  # OSError: a --dest it cannot create or write
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -50,8 +50,9 @@ class TrainConfig:
     cuda_graphs: bool = True
     compile: bool = False
     demo: bool = False
-    resume: Optional[str] = None  # continue the run in this output_dir (these two are not saved with the run)
+    resume: Optional[str] = None  # continue the run in this output_dir (these three are not saved with the run)
     overwrite: bool = False  # replace the run in output_dir
+    eval_only: bool = False  # no training: predict and score the dev set with the fine-tuned model
 
 
 @dataclass

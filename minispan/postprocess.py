@@ -84,8 +84,8 @@ def postprocess(examples, features, start_logits, end_logits, *, n_best_size=20,
         null_odds[example.id] = odds
         predictions[example.id] = best_span["text"] if best_span and odds <= null_score_diff_threshold else ""
         probabilities = softmax([entry["score"] for entry in entries]) if entries else []
-        nbest[example.id] = [{"text": entry["text"], "probability": float(p), "start_logit": float(entry["start_logit"]),
-                              "end_logit": float(entry["end_logit"]),
+        nbest[example.id] = [{"text": entry["text"], "probability": float(p),
+                              "start_logit": float(entry["start_logit"]), "end_logit": float(entry["end_logit"]),
                               **({"start": entry["start"], "end": entry["end"]} if "start" in entry else {})}
                              for entry, p in zip(entries, probabilities)]
     return predictions, null_odds, nbest

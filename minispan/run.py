@@ -30,7 +30,7 @@ from minispan.runtime import TrainingError, main_process_first, start_process_gr
 from minispan.squad import read_squad
 from minispan.step import set_dropout
 from minispan.tokenizer import WordPieceTokenizer, load_tokenizer
-from minispan.weights import load_model, save_model
+from minispan.weights import load_model, load_state_dict_file, model_files, save_model
 
 logger = logging.getLogger("minispan")
 
@@ -42,7 +42,7 @@ DEMO = dict(model=None, train_file=str(SAMPLE), dev_file=str(SAMPLE), output_dir
 DEMO_MODEL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                   max_position_embeddings=256)
 
-SAVED = [f for f in dataclasses.fields(TrainConfig) if f.name not in ("resume", "overwrite")]  # run_config.json
+SAVED = [f for f in dataclasses.fields(TrainConfig) if f.name not in ("resume", "overwrite", "eval_only")]
 
 # Files a run writes in --output-dir: another run's are never overwritten without --overwrite.
 RUN_FILES = ("run_config.json", "log.jsonl", "checkpoints", "config.json", "model.safetensors", "vocab.txt",
@@ -99,12 +99,17 @@ def train(cfg, run_dir):
 def read_data(cfg, rt):
     """The training questions, the dev questions, and the dev file's data as the official evaluation takes
     it (only the questions we predict). Checked now, as the scoring at the end will check them."""
-    from minispan.metrics import gold_answers
-
     cfg.train_file = squad_file(cfg.train_file, "train", rt)
     train_examples = read_questions(cfg.train_file, cfg.limit, training=True)
     if all(example.is_impossible for example in train_examples):
         raise TrainingError(f"{cfg.train_file}: no answerable questions to learn spans from")
+    return (train_examples, *read_dev(cfg, rt))
+
+
+def read_dev(cfg, rt):
+    """The dev questions, and the dev file's data holding just those, as the official evaluation takes it."""
+    from minispan.metrics import gold_answers
+
     cfg.dev_file = squad_file(cfg.dev_file, "dev", rt)
     dev_examples = read_questions(cfg.dev_file, cfg.limit)
     keep = {example.id for example in dev_examples}
@@ -115,7 +120,7 @@ def read_data(cfg, rt):
         gold_answers(data)
     except ValueError as e:
         raise TrainingError(f"{cfg.dev_file}: cannot score predictions against it: {e}") from None
-    return train_examples, dev_examples, data
+    return dev_examples, data
 
 
 def read_questions(path, limit, training=False):
@@ -138,15 +143,16 @@ def squad_file(path, split, rt):
 
 
 def model_dir(name, rt):
-    """--model: a directory, or a SpanBERT name (downloaded by rank 0 into models/)."""
+    """--model: a directory, a SpanBERT name (fetched by rank 0 into models/), or a Hugging Face Hub id."""
+    from minispan.hub import SPANBERT, ensure_spanbert, hub_model, is_hub_id
+
     if Path(name).is_dir():
         return Path(name)
-    from minispan.download import SPANBERT, ensure_spanbert
-
-    if name not in SPANBERT:
-        raise TrainingError(f"--model {name}: not a directory, and not a known model "
-                            f"(expected a directory or one of {', '.join(SPANBERT)})")
-    return main_process_first(lambda: ensure_spanbert(name, cache_dir="models"), rt.rank == 0, rt.world_size)
+    if name not in SPANBERT and not is_hub_id(name):
+        raise TrainingError(f"--model {name}: not a directory, and not a known model (expected a directory, "
+                            f"{' or '.join(SPANBERT)}, or a Hugging Face Hub id owner/name)")
+    fetch = (lambda: ensure_spanbert(name, cache_dir="models")) if name in SPANBERT else (lambda: hub_model(name))
+    return main_process_first(fetch, rt.rank == 0, rt.world_size)
 
 
 def tokenizer_and_model(cfg, rt, train_examples, checkpoint):
@@ -175,6 +181,23 @@ def tokenizer_and_model(cfg, rt, train_examples, checkpoint):
                             f"({'the demo' if cfg.demo else cfg.model}) has {positions} positions; use "
                             f"--max-seq-length {positions} or less")
     return tokenizer, model, source
+
+
+def evaluate_only(cfg):
+    """train.py --eval-only: predict and score the dev set with the fine-tuned --model, as run_squad's --do_eval
+    did, with its settings (train_cli.EVAL_ONLY); only the prediction files are written. Returns the metrics."""
+    rt = start_runtime(cfg)
+    out = Path(cfg.output_dir)
+    if not cfg.overwrite and any((out / name).exists() for name in RUN_FILES[-4:]):  # the prediction files
+        raise TrainingError(f"--output-dir {out} holds predictions: use --overwrite to replace them, or another one")
+    dev_examples, dev_dataset = read_dev(cfg, rt)
+    weights_file = model_files(model_dir(cfg.model, rt), None)[1]  # before load_model: it would add a fresh head
+    if not any(name.removeprefix("bert.").startswith("qa_outputs.") for name in load_state_dict_file(weights_file)):
+        raise TrainingError(f"--model {cfg.model}: no span head: fine-tune it first ({weights_file} has no qa_outputs)")
+    tokenizer, model, _ = tokenizer_and_model(cfg, rt, None, None)
+    sizes = dict(max_seq_length=cfg.max_seq_length, doc_stride=cfg.doc_stride, max_query_length=cfg.max_query_length)
+    dev = DevSet(dev_examples, build_features(dev_examples, tokenizer, **sizes, progress=True), dev_dataset)
+    return evaluate(model, dev, rt, tokenizer.pad_token_id, output_dir=out)
 
 
 def demo_tokenizer(examples):

@@ -23,6 +23,7 @@ from minispan.files import atomic_write, read_json_object, write_json
 logger = logging.getLogger("minispan")
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
+ROLES = ("pad", "unk", "cls", "sep")  # their names in special_tokens_map.json: pad_token, ...
 
 
 class Encoding:
@@ -55,27 +56,28 @@ class Encoding:
 
 
 class WordPieceTokenizer:
-    def __init__(self, vocab, lowercase=False, strip_accents=None):
-        """`vocab` maps token -> id. `strip_accents=None` means: strip them exactly when lower-casing, as BERT does."""
-        missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    def __init__(self, vocab, lowercase=False, strip_accents=None, *, special=SPECIAL_TOKENS, model_max_length=None):
+        """`vocab` maps token -> id. `strip_accents=None` means: strip them exactly when lower-casing, as BERT does.
+        `special`: how the checkpoint spells [PAD] [UNK] [CLS] [SEP]; model_max_length: its tokenizer's, if any."""
+        missing = [t for t in special if t not in vocab]
         if missing:
             raise ValueError(f"vocabulary: missing special token(s) {', '.join(missing)}")
         self.vocab = dict(vocab)
         self.lowercase = bool(lowercase)
         self.strip_accents = self.lowercase if strip_accents is None else bool(strip_accents)
-        self.pad_token_id = self.vocab["[PAD]"]
-        self.unk_token_id = self.vocab["[UNK]"]
-        self.cls_token_id = self.vocab["[CLS]"]
-        self.sep_token_id = self.vocab["[SEP]"]
+        self.special, self.model_max_length = tuple(special), model_max_length
+        self.pad_token_id, self.unk_token_id, self.cls_token_id, self.sep_token_id = (self.vocab[t] for t in special)
         # The ids the model needs embeddings for: one more than the largest. (More than the number of tokens
         # when vocab.txt repeats a line: the repeat's first line keeps an id that no token maps to.)
         self.vocab_size = max(self.vocab.values()) + 1
 
-        self._tokenizer = Tokenizer(models.WordPiece(self.vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+        self._tokenizer = Tokenizer(models.WordPiece(self.vocab, unk_token=special[1], max_input_chars_per_word=100))
         self._tokenizer.normalizer = normalizers.BertNormalizer(
             clean_text=True, handle_chinese_chars=True, strip_accents=self.strip_accents, lowercase=self.lowercase
         )
         self._tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        # A special token written in the text is that token, as in transformers' tokenizers (and [MASK] too).
+        self._tokenizer.add_special_tokens([*special, *(["[MASK]"] if "[MASK]" in vocab else [])])
         # No post-processor: callers lay out [CLS] question [SEP] context [SEP] themselves.
 
     def encode(self, text):
@@ -104,11 +106,10 @@ class WordPieceTokenizer:
                 # Line i is id i. An id no token maps to gets a line no text tokenizes to (pre-tokenizing
                 # splits on spaces), so that every later token keeps its id.
                 f.write(tokens.get(i, f"[unused id {i}]") + "\n")
-        config = {
-            "do_lower_case": self.lowercase,
-            "strip_accents": self.strip_accents,
-            "tokenizer_class": "BertTokenizer",
-        }
+        config = {"do_lower_case": self.lowercase, "strip_accents": self.strip_accents,
+                  "tokenizer_class": "BertTokenizer", **{f"{r}_token": t for r, t in zip(ROLES, self.special)}}
+        if self.model_max_length is not None:
+            config["model_max_length"] = self.model_max_length
         write_json(directory / "tokenizer_config.json", config)
 
 
@@ -130,8 +131,10 @@ def read_vocab(path):
 def load_tokenizer(path, lowercase=None):
     """Load a tokenizer from a model directory holding vocab.txt, or from a vocab file.
 
-    Lower-casing comes from `lowercase` when given, else from tokenizer_config.json's `do_lower_case` next to
-    the vocabulary, else False: SpanBERT is cased, and a cased model fed lower-cased text silently loses accuracy.
+    tokenizer_config.json and special_tokens_map.json beside the vocabulary are read as transformers 4.x's
+    AutoTokenizer reads them, so that the ids are the ones the checkpoint was trained with: do_lower_case
+    (default true, BertTokenizer's: SpanBERT's folder says false), strip_accents, model_max_length, and
+    the special tokens' spellings. `lowercase`, when given, overrides do_lower_case.
     """
     if lowercase is not None and not isinstance(lowercase, bool):
         raise ValueError(f"load_tokenizer: lowercase must be True, False or None, got {lowercase!r}")
@@ -139,26 +142,30 @@ def load_tokenizer(path, lowercase=None):
     vocab_file = path / "vocab.txt" if path.is_dir() else path
     if not vocab_file.is_file():
         raise FileNotFoundError(f"{vocab_file}: no vocabulary (expected a directory with vocab.txt, or a vocab file)")
-    config = {}
-    config_file = vocab_file.parent / "tokenizer_config.json"
-    if config_file.is_file():
-        config = read_json_object(config_file)
-    guessed = lowercase is None and "do_lower_case" not in config
-    if lowercase is None:
-        lowercase = config.get("do_lower_case", False)
-    if not isinstance(lowercase, bool):
-        raise ValueError(f"{config_file}: do_lower_case must be true or false, got {lowercase!r}")
-    strip_accents = config.get("strip_accents")
-    if strip_accents is not None and not isinstance(strip_accents, bool):
-        raise ValueError(f"{config_file}: strip_accents must be true, false or null, got {strip_accents!r}")
+    config_file, map_file = vocab_file.parent / "tokenizer_config.json", vocab_file.parent / "special_tokens_map.json"
+    config = read_json_object(config_file) if config_file.is_file() else {}
+    # special_tokens_map.json's spellings win, unless tokenizer_config.json lists its tokens (newer saves).
+    spelled = read_json_object(map_file) if map_file.is_file() and "added_tokens_decoder" not in config else {}
+    special = [{**config, **spelled}.get(f"{role}_token", default) for role, default in zip(ROLES, SPECIAL_TOKENS)]
+    special = [token.get("content") if isinstance(token, dict) else token for token in special]  # AddedToken's
+    fields = {"do_lower_case": (bool, "true or false"), "strip_accents": (bool, "true, false or null"),
+              "model_max_length": (int, "an integer")}
+    for field, (kind, expected) in fields.items():
+        if not isinstance(config.get(field), (kind, type(None))):
+            raise ValueError(f"{config_file}: {field} must be {expected}, got {config[field]!r}")
+    if not all(isinstance(token, str) for token in special):
+        raise ValueError(f"{map_file if spelled else config_file}: special tokens must be strings, got {special}")
+    given, lowercase = lowercase, config.get("do_lower_case", True) if lowercase is None else lowercase
     vocab = read_vocab(vocab_file)
     words = [token for token in vocab if not (token.startswith("[") and token.endswith("]"))]
-    if guessed and sum(token != token.lower() for token in words) < 0.01 * len(words):
-        # An uncased model read cased turns every capitalised word into [UNK], silently.
-        logger.warning("%s: no do_lower_case in a tokenizer_config.json, so text is read cased (as SpanBERT); "
-                       "but the vocabulary looks lower-cased: pass lowercase=True, or add tokenizer_config.json "
-                       "with {\"do_lower_case\": true}", vocab_file)
+    if lowercase and given is None and sum(token != token.lower() for token in words) >= 0.01 * len(words):
+        # transformers#3823, biobert#163: a cased model fed lower-cased text loses accuracy, silently.
+        why = "its tokenizer_config.json says do_lower_case true" if "do_lower_case" in config else \
+            "no tokenizer_config.json says do_lower_case false (BertTokenizer's default)"
+        logger.warning("%s: a cased vocabulary, read lower-cased because %s, as transformers 4.x reads it; pass "
+                       "lowercase=False if the model was trained on cased text", vocab_file, why)
     try:
-        return WordPieceTokenizer(vocab, lowercase=lowercase, strip_accents=strip_accents)
+        return WordPieceTokenizer(vocab, lowercase, config.get("strip_accents"), special=special,
+                                  model_max_length=config.get("model_max_length"))
     except ValueError as e:  # missing special tokens: say which file lacks them
         raise ValueError(f"{vocab_file}: {e}") from None

@@ -3,6 +3,7 @@
     python train.py --device cuda                        # SpanBERT-base, the official files, 4 epochs
     torchrun --nproc_per_node 8 train.py --device cuda   # the same run on 8 GPUs
     python train.py --demo                               # a tiny model on data/sample.json, CPU, about a minute
+    python train.py --model mrm8488/spanbert-finetuned-squadv2 --eval-only   # score a published checkpoint
 
 Flags left unset take the recipe's values (loop.TrainConfig), the demo's (DEMO) with --demo, or with
 --resume the run's own (its run_config.json). Every check of a flag is in check_config, before anything runs.
@@ -19,20 +20,24 @@ from pathlib import Path
 from minispan.download import DownloadError
 from minispan.files import read_json_object
 from minispan.loop import TrainConfig
-from minispan.run import DEMO, SAVED, RunDir, train
+from minispan.run import DEMO, SAVED, RunDir, evaluate_only, train
 from minispan.runtime import TrainingError
 
 # What a --resume may change: where and how fast it runs, never what it computes.
 RESUMABLE = {"device", "precision", "compile", "cuda_graphs", "per_device_batch_size", "save_every", "log_every"}
 PRECISIONS = ("bf16", "fp16", "fp32")
+# --eval-only: run_squad's evaluation settings, in fp32 as it ran (its n-best 20, answers up to 30 tokens and
+# null threshold 0 are postprocess's defaults), and the flags it takes.
+EVAL_ONLY = dict(max_seq_length=384, doc_stride=128, max_query_length=64, precision="fp32")
+EVAL_FLAGS = {"model", "dev_file", "output_dir", "limit", "device", "precision", *EVAL_ONLY}
 
 
 def build_parser():
     p = argparse.ArgumentParser(
         prog="train.py", description="Fine-tune BERT/SpanBERT on SQuAD 2.0, then predict and evaluate the dev set.")
     d = TrainConfig()
-    p.add_argument("--model", help=f"a model directory, or spanbert-base-cased / spanbert-large-cased "
-                                   f"(downloaded) (default {d.model})")
+    p.add_argument("--model", help=f"a model directory, spanbert-base-cased / spanbert-large-cased (downloaded), or "
+                                   f"a Hugging Face Hub id owner/name (default {d.model})")
     p.add_argument("--train-file", help="SQuAD 2.0 training JSON (default data/train-v2.0.json, downloaded)")
     p.add_argument("--dev-file", help="SQuAD 2.0 dev JSON to predict and score (default data/dev-v2.0.json)")
     p.add_argument("--output-dir", help="where the run writes (default runs/<model name>)")
@@ -67,6 +72,8 @@ def build_parser():
     p.add_argument("--dropout", type=float, help="override both dropout rates (0 makes runs comparable)")
     p.add_argument("--demo", action="store_true", default=None,
                    help="offline, CPU, about a minute: a tiny random BERT learns data/sample.json")
+    p.add_argument("--eval-only", action="store_true", default=None, help="no training: predict and score the dev "
+                   "set with the fine-tuned --model, with run_squad's settings (windows 384 stepping 128, fp32)")
     return p
 
 
@@ -74,9 +81,16 @@ def parse_args(argv=None):
     """The flags, filled in from the recipe, the demo or (--resume) the run's own settings, and checked."""
     flags = {name: value for name, value in vars(build_parser().parse_args(argv)).items() if value is not None}
     resume, overwrite = flags.pop("resume", None), flags.pop("overwrite", False)
+    eval_only = flags.pop("eval_only", False)
     if resume and overwrite:
         raise TrainingError("--resume continues the run in its directory, --overwrite replaces it: give one")
-    if resume:
+    if eval_only:
+        extra = sorted(set(flags) - EVAL_FLAGS) + (["resume"] if resume else [])
+        if extra or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise TrainingError("--eval-only predicts, in one process (python, not torchrun), and trains nothing"
+                                + "".join(f"; remove --{name.replace('_', '-')}" for name in extra))
+        values = {**EVAL_ONLY, **flags}
+    elif resume:
         saved = read_run_config(Path(resume))
         changed = sorted(name for name in set(flags) - RESUMABLE if not same_as_saved(name, flags[name], saved))
         if changed:
@@ -87,9 +101,9 @@ def parse_args(argv=None):
         if flags.get("demo") and "model" in flags:
             raise TrainingError("--demo trains its own tiny model from scratch; it takes no --model")
         values = {**(DEMO if flags.get("demo") else {}), **flags}
-        if "output_dir" not in values:
-            values["output_dir"] = str(Path("runs") / Path(values.get("model", TrainConfig.model)).name)
-    cfg = TrainConfig(**values, resume=resume, overwrite=overwrite)
+    if "output_dir" not in values:
+        values["output_dir"] = str(Path("runs") / Path(values.get("model", TrainConfig.model)).name)
+    cfg = TrainConfig(**values, resume=resume, overwrite=overwrite, eval_only=eval_only)
     check_config(cfg)
     return cfg
 
@@ -159,7 +173,7 @@ def main(argv=None):
         logging.basicConfig(level=logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING,
                             format="%(message)s")
         run_dir = RunDir(cfg)
-        metrics = train(cfg, run_dir)
+        metrics = evaluate_only(cfg) if cfg.eval_only else train(cfg, run_dir)
     except (TrainingError, ValueError, OSError, DownloadError) as e:  # bad input: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -169,5 +183,6 @@ def main(argv=None):
         return 130
     if metrics is not None:
         print(json.dumps(metrics, indent=2))
-        print(f"wrote the model, predictions.json, null_odds.json and eval_results.json to {cfg.output_dir}")
+        print(f"wrote {'' if cfg.eval_only else 'the model, '}predictions.json, null_odds.json and eval_results.json "
+              f"to {cfg.output_dir}")
     return 0

@@ -1,5 +1,6 @@
 """Downloads against a local HTTP server on 127.0.0.1: resume, Range ignored, validation,
-malicious tarballs, offline errors and the command line. No network; a few seconds in all."""
+malicious tarballs, offline errors and the command line. No network; a few seconds in all.
+(SpanBERT's weights come through huggingface_hub: test_hub.py.)"""
 import http.server
 import io
 import json
@@ -14,13 +15,8 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 
-from minispan.config import BertConfig
-from minispan.download import DownloadError, download, ensure_spanbert, ensure_squad, extract_tarball, main
-from minispan.model import BertForQuestionAnswering
-from minispan.tokenizer import load_tokenizer
-from minispan.weights import load_model
+from minispan.download import DownloadError, download, ensure_squad, extract_tarball
 
 REPO = Path(__file__).resolve().parents[1]
 BLOB = random.Random(0).randbytes(2_500_000)  # spans several 1 MiB reads
@@ -348,137 +344,7 @@ def test_safe_tarball_is_extracted(tmp_path):
     assert not (tmp_path / "out3").exists()  # nothing half-extracted left
 
 
-# --- SpanBERT ---------------------------------------------------------------------------------
-
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "Paris", "is", "in", "France", "."]
-TINY = dict(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=37, max_position_embeddings=64)
-
-
-def spanbert_like_files():
-    """config.json, pytorch_model.bin and vocab.txt shaped like SpanBERT's 2019 release: legacy
-    (non-zip) torch.save, `bert.` keys with LayerNorm gamma/beta, pretraining heads under cls.*."""
-    torch.manual_seed(0)
-    encoder = {k: v for k, v in BertForQuestionAnswering(BertConfig(**TINY)).state_dict().items()
-               if not k.startswith("qa_outputs.")}
-    checkpoint = {re.sub(r"LayerNorm\.weight$", "LayerNorm.gamma", re.sub(r"LayerNorm\.bias$", "LayerNorm.beta", k)): v
-                  for k, v in encoder.items()}
-    checkpoint["cls.predictions.bias"] = torch.zeros(len(VOCAB))
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer, _use_new_zipfile_serialization=False)
-    config = json.dumps({**TINY, "hidden_act": "gelu", "type_vocab_size": 2}).encode()
-    return {"config.json": config, "pytorch_model.bin": buffer.getvalue(),
-            "vocab.txt": "\n".join(VOCAB).encode() + b"\n"}, encoder
-
-
-def serve_hub(server, files, name="spanbert-base-cased", vocab_repo="google-bert/bert-base-cased"):
-    for file in ("config.json", "pytorch_model.bin"):
-        server.files[f"/SpanBERT/{name}/resolve/main/{file}"] = files[file]
-    server.files[f"/{vocab_repo}/resolve/main/vocab.txt"] = files["vocab.txt"]
-
-
-def assert_model_dir(directory, files, encoder):
-    assert files_under(directory) == ["config.json", "pytorch_model.bin", "tokenizer_config.json", "vocab.txt"]
-    assert json.loads((directory / "tokenizer_config.json").read_text()) == {"do_lower_case": False}
-    assert (directory / "vocab.txt").read_bytes() == files["vocab.txt"]
-    # Cased: lower-casing would turn "Paris" into "paris", which is not in the vocabulary.
-    assert load_tokenizer(directory).tokenize("Paris is in France.") == ["Paris", "is", "in", "France", "."]
-    model = load_model(directory)
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in encoder.items())  # the very weights, not a fresh init
-
-
-def test_ensure_spanbert_from_the_hub(server, tmp_path):
-    files, encoder = spanbert_like_files()
-    serve_hub(server, files)
-    server.drop_after["/SpanBERT/spanbert-base-cased/resolve/main/pytorch_model.bin"] = 5000
-    target = ensure_spanbert("spanbert-base-cased", tmp_path, hub_url=server.url, tarball_url=server.url,
-                             progress=False)
-    assert target == tmp_path / "spanbert-base-cased"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["spanbert-base-cased"]  # no staging left
-    assert_model_dir(target, files, encoder)
-    assert ("/SpanBERT/spanbert-base-cased/resolve/main/pytorch_model.bin", "bytes=5000-") in server.requests
-
-    count = len(server.requests)
-    assert ensure_spanbert("spanbert-base-cased", tmp_path, hub_url=server.url) == target
-    assert len(server.requests) == count  # already there: no request
-
-
-@pytest.mark.parametrize("folder", ["", "spanbert_hf/"])
-def test_ensure_spanbert_falls_back_to_the_release_tarball(server, tmp_path, folder):
-    files, encoder = spanbert_like_files()
-    archive = tmp_path / "spanbert_hf.tar.gz"
-    make_tar(archive, [regular(folder + "config.json", files["config.json"]),
-                       regular(folder + "pytorch_model.bin", files["pytorch_model.bin"])])
-    server.files["/fairseq/models/spanbert_hf.tar.gz"] = archive.read_bytes()
-    archive.unlink()
-    # The hub has the vocabulary but not the weights (404): the original release is used instead.
-    server.files["/google-bert/bert-large-cased/resolve/main/vocab.txt"] = files["vocab.txt"]
-    target = ensure_spanbert("spanbert-large-cased", tmp_path / "models", hub_url=server.url,
-                             tarball_url=server.url + "fairseq/models/", progress=False)
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["spanbert-large-cased"]
-    assert_model_dir(target, files, encoder)
-
-
-def test_ensure_spanbert_refuses_files_that_do_not_fit(server, tmp_path):
-    files, _ = spanbert_like_files()
-    serve_hub(server, {**files, "vocab.txt": files["vocab.txt"] + b"extra\n"})
-    with pytest.raises(DownloadError, match=r"vocab\.txt: 11 tokens, expected the config's vocab_size 10"):
-        ensure_spanbert("spanbert-base-cased", tmp_path, hub_url=server.url, progress=False)
-    assert not (tmp_path / "spanbert-base-cased").exists()
-
-    config = json.dumps({**TINY, "num_hidden_layers": 3}).encode()  # the checkpoint has 2 layers
-    serve_hub(server, {**files, "config.json": config})
-    with pytest.raises(DownloadError, match=r"the weights do not load .*holds 2 encoder layers but config\.json says num_hidden_layers=3"):
-        ensure_spanbert("spanbert-base-cased", tmp_path / "other", hub_url=server.url, progress=False)
-    assert not (tmp_path / "other" / "spanbert-base-cased").exists()
-
-    serve_hub(server, {**files, "vocab.txt": files["vocab.txt"] + "caf\xe9\n".encode("latin-1")})
-    with pytest.raises(DownloadError, match=r"vocab\.txt: not UTF-8 text"):
-        ensure_spanbert("spanbert-base-cased", tmp_path / "third", hub_url=server.url, progress=False)
-
-
-def test_ensure_spanbert_offline_says_what_to_fetch_and_where(dead_url, tmp_path):
-    with pytest.raises(DownloadError) as error:
-        ensure_spanbert("spanbert-base-cased", tmp_path, hub_url=dead_url, tarball_url=dead_url, progress=False)
-    message = str(error.value)
-    assert "\n" not in message
-    assert f"{dead_url}SpanBERT/spanbert-base-cased/resolve/main/" in message  # from where ...
-    assert f"{dead_url}spanbert_hf_base.tar.gz" in message
-    assert f"{dead_url}google-bert/bert-base-cased/resolve/main/vocab.txt" in message
-    assert f"in {tmp_path / 'spanbert-base-cased'}/" in message  # ... and where to put it
-    assert files_under(tmp_path) == []
-    with pytest.raises(DownloadError):  # the models/ folder it would have made is not left behind, empty
-        ensure_spanbert("spanbert-base-cased", tmp_path / "models", hub_url=dead_url, tarball_url=dead_url,
-                        progress=False)
-    assert list(tmp_path.iterdir()) == []
-    with pytest.raises(ValueError, match="unknown model 'spanbert-huge'"):
-        ensure_spanbert("spanbert-huge", tmp_path)
-
-
-def test_model_dir_filled_by_hand_is_used_as_it_is(tmp_path):
-    files, _ = spanbert_like_files()
-    target = tmp_path / "spanbert-base-cased"
-    target.mkdir()
-    for name in ("config.json", "pytorch_model.bin"):
-        (target / name).write_bytes(files[name])
-    with pytest.raises(DownloadError, match="exists but lacks vocab.txt: complete it or delete it"):
-        ensure_spanbert("spanbert-base-cased", tmp_path)
-    (target / "vocab.txt").write_bytes(files["vocab.txt"])
-    assert ensure_spanbert("spanbert-base-cased", tmp_path) == target
-    assert json.loads((target / "tokenizer_config.json").read_text()) == {"do_lower_case": False}
-
-
 # --- command line -----------------------------------------------------------------------------
-
-def test_cli_downloads_spanbert(server, tmp_path, monkeypatch, capsys):
-    files, encoder = spanbert_like_files()
-    serve_hub(server, files)
-    monkeypatch.setenv("MINISPAN_HUB_URL", server.url)
-    assert main(["spanbert-base-cased", "--dest", str(tmp_path)]) == 0
-    assert capsys.readouterr().out == f"{tmp_path / 'spanbert-base-cased'}\n"
-    assert_model_dir(tmp_path / "spanbert-base-cased", files, encoder)
-
 
 def test_cli_offline_is_one_line_and_exit_2(dead_url, tmp_path):
     env = {**os.environ, "MINISPAN_SQUAD_URL": dead_url}

@@ -239,3 +239,81 @@ def test_answer_command_line(tiny_dir, tmp_path, capsys):
          str(tmp_path / "nothing.txt")], capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "nothing.txt" in result.stderr
+
+
+# ---- the arguments code written for transformers 4.x passes (issue 17) -----------------------------------------------
+
+def test_the_arguments_of_4x_code_mean_what_they_meant_there(tiny_dir):
+    """device=-1 / torch.device, batch_size=, top_k= and the old topk= at construction (every call's defaults) and
+    per call, as transformers 4.46's pipeline takes them, with the same answers. Before: pipeline(path,
+    device=-1) raised 'Device index must not be negative', batch_size= and the card's form were TypeErrors."""
+    transformers = pytest.importorskip("transformers", reason="transformers 4.46 is the test oracle")
+    construction = dict(device=-1, batch_size=2, top_k=3, handle_impossible_answer=True, max_seq_len=64)
+    theirs = transformers.pipeline("question-answering", model=str(tiny_dir), tokenizer=str(tiny_dir), **construction)
+    ours = pipeline("question-answering", model=str(tiny_dir), tokenizer=str(tiny_dir), **construction)
+    assert ours.device == torch.device("cpu")
+    for call in [{}, {"top_k": 2}, {"batch_size": 1, "doc_stride": 16}]:
+        compare(ours, theirs, "Who did Ann meet?", CONTEXT, **call)
+    with pytest.warns(UserWarning, match="topk parameter is deprecated, use top_k instead"):
+        old = ours(question="Who did Ann meet?", context=CONTEXT, topk=2)
+    assert old == ours(question="Who did Ann meet?", context=CONTEXT, top_k=2) and len(old) == 2
+    same = pipeline(tiny_dir, device=torch.device("cpu"))(question="Who?", context=CONTEXT)
+    assert pipeline(tiny_dir, device=-1)(question="Who?", context=CONTEXT) == same
+
+
+def test_batch_size_is_windows_per_forward_pass(tiny_dir):
+    qa = pipeline(tiny_dir, batch_size=1, max_seq_len=24, doc_stride=4)  # several windows over CONTEXT
+    passes = []
+    qa.model.register_forward_pre_hook(lambda module, args, kwargs: passes.append(kwargs["input_ids"].shape[0]),
+                                       with_kwargs=True)
+    one_by_one = qa(question="Who?", context=CONTEXT, top_k=3)
+    assert len(passes) > 2 and set(passes) == {1}
+    passes.clear()
+    assert qa(question="Who?", context=CONTEXT, top_k=3, batch_size=64) == one_by_one
+    assert len(passes) == 2  # the windows of one length, then the shorter last one
+
+
+def test_torch_dtype(tiny_dir):
+    for dtype, expected in [("bfloat16", torch.bfloat16), (torch.float16, torch.float16), ("auto", torch.float32),
+                            (None, torch.float32)]:
+        qa = pipeline(tiny_dir, torch_dtype=dtype)
+        assert next(qa.model.parameters()).dtype == expected
+        assert qa(question="Who did Ann meet?", context=CONTEXT)["answer"]
+    with pytest.raises(ValueError, match="dtype must be a floating-point torch.dtype"):
+        pipeline(tiny_dir, torch_dtype="int8")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda d: pipeline(d, foo=1), "pipeline: unknown argument 'foo' (minispan takes model, tokenizer, revision, "
+                                   "token, top_k, "),
+    (lambda d: pipeline(d, device_map="auto"), "pipeline: unknown argument 'device_map'"),
+    (lambda d: pipeline(d)(question="Who?", context="Ann.", device=-1), "qa: unknown argument 'device'"),
+    (lambda d: pipeline(d, top_k=0), "top_k must be a positive integer, got 0"),
+    (lambda d: pipeline(d, batch_size=0), "batch_size must be a positive integer, got 0"),
+    (lambda d: pipeline(d)(question="Who?", context="Ann.", doc_stride=-1), "doc_stride must be a non-negative"),
+    (lambda d: pipeline("summarization", model=str(d)), "pipeline: task 'summarization'"),
+    (lambda d: pipeline("question-answering"), "pipeline: task 'question-answering', model None: "),
+    (lambda d: pipeline(d, device="tpu"), "--device 'tpu': expected auto, cpu, cuda or cuda:N"),
+])
+def test_arguments_4x_would_not_take_are_one_line(tiny_dir, call, message):
+    with pytest.raises(ValueError) as error:
+        call(tiny_dir)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value), str(error.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_device_0_without_a_gpu_is_one_line(tiny_dir):
+    with pytest.raises(ValueError, match=r"^--device cuda:0: no CUDA GPU is available"):
+        pipeline(tiny_dir, device=0)
+
+
+def test_model_max_length_sets_the_default_windows(tiny_dir, tmp_path):
+    """tokenizer_config.json's model_max_length caps the default max_seq_len, as in transformers 4.46 (384 at
+    most): windows of 40 tokens here, so the scores differ from the 64-token windows the model's positions allow."""
+    transformers = pytest.importorskip("transformers", reason="transformers 4.46 is the test oracle")
+    for name in ("config.json", "model.safetensors", "vocab.txt"):
+        shutil.copy(tiny_dir / name, tmp_path / name)
+    (tmp_path / "tokenizer_config.json").write_text('{"do_lower_case": true, "model_max_length": 40}')
+    theirs = transformers.pipeline("question-answering", model=str(tmp_path), tokenizer=str(tmp_path))
+    _, got = compare(pipeline(tmp_path), theirs, "Who did Ann meet?", CONTEXT, top_k=3)
+    assert got != as_list(pipeline(tiny_dir)(question="Who did Ann meet?", context=CONTEXT, top_k=3))

@@ -67,7 +67,7 @@ def test_offsets_point_into_the_original_text(minilm_dir):
 
 
 def test_lowercase_comes_from_tokenizer_config(tmp_path):
-    cased = load_tokenizer(write_vocab(tmp_path / "cased", SMALL_VOCAB))  # no config: cased, like SpanBERT
+    cased = load_tokenizer(write_vocab(tmp_path / "cased", SMALL_VOCAB, {"do_lower_case": False}))  # SpanBERT's
     assert not cased.lowercase and not cased.strip_accents
     assert cased.encode("Hello hello café").tokens == ["Hello", "hello", "café"]
     uncased = load_tokenizer(write_vocab(tmp_path / "uncased", SMALL_VOCAB, {"do_lower_case": True}))
@@ -80,20 +80,82 @@ def test_lowercase_comes_from_tokenizer_config(tmp_path):
     assert keep_accents.encode("Café").tokens == ["café"]
     assert load_tokenizer(tmp_path / "uncased", lowercase=False).encode("Hello").tokens == ["Hello"]
     assert cased.encode("worlds, unknown!").tokens == ["world", "##s", ",", "[UNK]", "!"]
+    # No tokenizer_config.json: lower-cased, as transformers' BertTokenizer does by default (it was read cased).
+    assert load_tokenizer(write_vocab(tmp_path / "none", SMALL_VOCAB)).encode("Hello").tokens == ["hello"]
 
 
-def test_a_lower_cased_vocabulary_without_config_is_read_cased_with_a_warning(tmp_path, caplog):
-    lower = [t for t in SMALL_VOCAB if t != "Hello"]
+def test_a_cased_vocabulary_read_lower_cased_says_so_in_one_line(tmp_path, caplog):
+    """The classic trap (transformers#3823, biobert#163): a cased model whose files do not say so is read
+    lower-cased, as transformers 4.x reads it. Before the fix, such a folder was read cased, with no word."""
     with caplog.at_level("WARNING", logger="minispan"):
-        tokenizer = load_tokenizer(write_vocab(tmp_path / "lower", lower))
-    assert not tokenizer.lowercase  # the documented default stands (SpanBERT is cased) ...
-    assert "the vocabulary looks lower-cased" in caplog.text  # ... but an uncased model's user is told
+        tokenizer = load_tokenizer(write_vocab(tmp_path / "none", SMALL_VOCAB))
+    assert tokenizer.lowercase and len(caplog.records) == 1 and "\n" not in caplog.text.strip()
+    assert "a cased vocabulary, read lower-cased because no tokenizer_config.json says do_lower_case false" \
+        in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="minispan"):
-        load_tokenizer(write_vocab(tmp_path / "cased", SMALL_VOCAB))  # has "Hello": cased
-        load_tokenizer(tmp_path / "lower", lowercase=False)  # said so explicitly
-        load_tokenizer(write_vocab(tmp_path / "configured", lower, {"do_lower_case": False}))
+        load_tokenizer(write_vocab(tmp_path / "said", SMALL_VOCAB, {"do_lower_case": True}))
+    assert "because its tokenizer_config.json says do_lower_case true" in caplog.text
+    caplog.clear()
+    lower = [t for t in SMALL_VOCAB if t != "Hello"]
+    with caplog.at_level("WARNING", logger="minispan"):
+        load_tokenizer(write_vocab(tmp_path / "lower", lower))  # an uncased vocabulary: nothing to say
+        load_tokenizer(tmp_path / "said", lowercase=True)  # asked for explicitly
+        load_tokenizer(write_vocab(tmp_path / "cased", SMALL_VOCAB, {"do_lower_case": False}))
     assert caplog.text == ""
+
+
+def cased_vocabulary(minilm_dir):
+    """MiniLM's (uncased) vocabulary plus 3,000 capitalised words: a cased vocabulary for the parity tests."""
+    tokens = (minilm_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    capitalised = [t.capitalize() for t in tokens if t.isalpha() and t.islower() and len(t) > 2]
+    return tokens + capitalised[:3000]
+
+
+@pytest.mark.parametrize("config", [{"do_lower_case": True}, {"do_lower_case": False}, None])
+def test_ids_match_autotokenizer_for_each_tokenizer_config(tmp_path, minilm_dir, dev_half_path, config):
+    """The three tokenizer_config.json variants of the Hub's BERT checkpoints (lower-casing, cased, absent), with
+    a special_tokens_map.json: ids equal to transformers 4.46's AutoTokenizer on the same folder, on real text,
+    the tricky texts and special tokens written in the text. Measured: all equal in each variant."""
+    transformers = pytest.importorskip("transformers", reason="transformers 4.46 is the test oracle")
+    folder = write_vocab(tmp_path / "model", cased_vocabulary(minilm_dir), config)
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (folder / "special_tokens_map.json").write_text(json.dumps({"unk_token": "[UNK]", "sep_token": "[SEP]",
+                                                                "pad_token": "[PAD]", "cls_token": "[CLS]",
+                                                                "mask_token": "[MASK]"}))
+    theirs = transformers.AutoTokenizer.from_pretrained(str(folder))
+    ours = load_tokenizer(folder)
+    assert ours.lowercase == theirs.do_lower_case == (config is None or config["do_lower_case"])
+    data = json.loads(dev_half_path.read_text(encoding="utf-8"))["data"][:1]
+    texts = [p["context"] for a in data for p in a["paragraphs"]]
+    texts += [q["question"] for a in data for p in a["paragraphs"] for q in p["qas"]]
+    texts += TRICKY + ["Who wrote [SEP] the [MASK] in [CLS]Paris[UNK]?", "[sep] [Mask]"]
+    for text, encoding in zip(texts, ours.encode_batch(texts)):
+        assert encoding.ids == theirs.encode(text, add_special_tokens=False), text
+
+
+def test_special_tokens_and_model_max_length_as_autotokenizer_reads_them(tmp_path):
+    """special_tokens_map.json renames the special tokens (it wins over tokenizer_config.json, as in
+    transformers 4.x, unless the latter lists added_tokens_decoder); model_max_length is the config's."""
+    transformers = pytest.importorskip("transformers", reason="transformers 4.46 is the test oracle")
+    vocab = ["<pad>", "<unk>", "<cls>", "<sep>", "[PAD]", "[UNK]", "[CLS]", "[SEP]", "hello", "world"]
+    config = {"do_lower_case": True, "model_max_length": 128, "unk_token": "[UNK]",
+              "cls_token": {"__type": "AddedToken", "content": "<cls>"}}  # as newer transformers save it
+    folder = write_vocab(tmp_path / "renamed", vocab, config)
+    (folder / "special_tokens_map.json").write_text(json.dumps(
+        {"unk_token": "<unk>", "sep_token": {"content": "<sep>", "lstrip": False}, "pad_token": "<pad>"}))
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    ours, theirs = load_tokenizer(folder), transformers.AutoTokenizer.from_pretrained(str(folder))
+    assert (ours.pad_token_id, ours.unk_token_id, ours.cls_token_id, ours.sep_token_id) == \
+        (theirs.pad_token_id, theirs.unk_token_id, theirs.cls_token_id, theirs.sep_token_id) == (0, 1, 2, 3)
+    assert ours.model_max_length == theirs.model_max_length == 128
+    assert ours.encode("hello <sep> planet").ids == theirs.encode("hello <sep> planet", add_special_tokens=False)
+    ours.save(tmp_path / "saved")  # and kept when saved
+    again = load_tokenizer(tmp_path / "saved")
+    assert (again.special, again.model_max_length) == (ours.special, 128)
+    (folder / "special_tokens_map.json").write_text(json.dumps({"unk_token": 7}))
+    with pytest.raises(ValueError, match=r"special_tokens_map.json: special tokens must be strings, got \[.*, 7"):
+        load_tokenizer(folder)
 
 
 def test_special_ids_and_save_round_trip(tmp_path):
@@ -141,6 +203,12 @@ def test_bad_inputs_give_clear_errors(tmp_path):
         load_tokenizer(bad)
     with pytest.raises(ValueError, match="do_lower_case must be true or false"):
         load_tokenizer(write_vocab(tmp_path / "badflag", SMALL_VOCAB, {"do_lower_case": "yes"}))
+    with pytest.raises(ValueError, match="tokenizer_config.json: model_max_length must be an integer, got '512'"):
+        load_tokenizer(write_vocab(tmp_path / "badmax", SMALL_VOCAB, {"model_max_length": "512"}))
+    with pytest.raises(ValueError, match="strip_accents must be true, false or null, got 0"):
+        load_tokenizer(write_vocab(tmp_path / "badaccents", SMALL_VOCAB, {"strip_accents": 0}))
+    with pytest.raises(ValueError, match=r"vocab.txt: vocabulary: missing special token\(s\) <s>"):
+        load_tokenizer(write_vocab(tmp_path / "badspecial", SMALL_VOCAB, {"cls_token": "<s>"}))
     with pytest.raises(ValueError, match="lowercase must be True, False or None, got 'yes'"):
         load_tokenizer(write_vocab(tmp_path / "ok", SMALL_VOCAB), lowercase="yes")
     tokenizer = load_tokenizer(tmp_path / "ok")
