@@ -64,6 +64,27 @@ class QuestionAnsweringPipeline:
         """
         examples, is_list = parse_inputs(inputs, question, context)
         o = {**OPTIONS, **self.options, **check_arguments(options, call=True)}
+        features = self.windows(examples, o)
+        start_logits, end_logits = self.logits(features, o["batch_size"])
+
+        answers, null_scores = [[] for _ in examples], [None] * len(examples)
+        word_ids = [self.tokenizer.encode(e.context).word_ids if o["align_to_words"] else None for e in examples]
+        for feature, s, e in zip(features, start_logits, end_logits):
+            i = feature.example_index
+            spans, null = window_answers(feature, s, e, o["top_k"], o["max_answer_len"], word_ids[i])
+            answers[i] += [{"score": score, "start": start, "end": end, "answer": examples[i].context[start:end]}
+                           for score, start, end in spans]
+            null_scores[i] = null if null_scores[i] is None else min(null_scores[i], null)
+        results = []
+        for example_answers, null in zip(answers, null_scores):
+            if o["handle_impossible_answer"]:
+                example_answers.append({"score": null, "start": 0, "end": 0, "answer": ""})
+            example_answers = sorted(example_answers, key=lambda a: -a["score"])[:o["top_k"]]
+            results.append(example_answers[0] if len(example_answers) == 1 else example_answers)
+        return results if is_list else results[0]
+
+    def windows(self, examples, o):
+        """The features of every example's windows, as the 4.x pipeline cuts them (options `o` checked)."""
         positions = self.model.config.max_position_embeddings
         max_seq_len = o["max_seq_len"] or min(384, self.tokenizer.model_max_length or 384, positions)
         doc_stride = min(max_seq_len // 2, 128) if o["doc_stride"] is None else o["doc_stride"]
@@ -85,23 +106,7 @@ class QuestionAnsweringPipeline:
             for feature in example_features:
                 feature.example_index = i
                 features.append(feature)
-        start_logits, end_logits = self.logits(features, o["batch_size"])
-
-        answers, null_scores = [[] for _ in examples], [None] * len(examples)
-        word_ids = [self.tokenizer.encode(e.context).word_ids if o["align_to_words"] else None for e in examples]
-        for feature, s, e in zip(features, start_logits, end_logits):
-            i = feature.example_index
-            spans, null = window_answers(feature, s, e, o["top_k"], o["max_answer_len"], word_ids[i])
-            answers[i] += [{"score": score, "start": start, "end": end, "answer": examples[i].context[start:end]}
-                           for score, start, end in spans]
-            null_scores[i] = null if null_scores[i] is None else min(null_scores[i], null)
-        results = []
-        for example_answers, null in zip(answers, null_scores):
-            if o["handle_impossible_answer"]:
-                example_answers.append({"score": null, "start": 0, "end": 0, "answer": ""})
-            example_answers = sorted(example_answers, key=lambda a: -a["score"])[:o["top_k"]]
-            results.append(example_answers[0] if len(example_answers) == 1 else example_answers)
-        return results if is_list else results[0]
+        return features
 
     @torch.inference_mode()
     def logits(self, features, batch_size):
@@ -269,6 +274,8 @@ def main(argv=None):
                         help="tokens shared by neighbouring windows (default the smaller of 128 and half of "
                              "--max-seq-len)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: cpu)")
+    parser.add_argument("--explain", metavar="PAGE.html", help="also write a page showing why: the windows, each "
+                        "token's start and end probability, the best spans, the null score (minispan/explain.py)")
     args = parser.parse_args(argv)
 
     try:
@@ -280,15 +287,13 @@ def main(argv=None):
             except UnicodeDecodeError as e:
                 raise ValueError(f"{args.context_file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         qa = pipeline(args.model, device=args.device and resolve_device(args.device))
-        result = qa(
-            question=args.question,
-            context=context,
-            top_k=args.top_k,
-            handle_impossible_answer=args.handle_impossible_answer,
-            max_answer_len=args.max_answer_len,
-            max_seq_len=args.max_seq_len,
-            doc_stride=args.doc_stride,
-        )
+        options = dict(handle_impossible_answer=args.handle_impossible_answer, max_answer_len=args.max_answer_len,
+                       max_seq_len=args.max_seq_len, doc_stride=args.doc_stride)
+        result = qa(question=args.question, context=context, top_k=args.top_k, **options)
+        if args.explain:
+            from minispan.explain import write_explanation
+
+            write_explanation(args.explain, qa, args.question, context, top_k=max(5, args.top_k), **options)
     except (OSError, ValueError, DownloadError) as e:  # missing files or Hub model, bad JSON or weights, bad input
         print(f"error: {e}", file=sys.stderr)
         return 2

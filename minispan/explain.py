@@ -14,9 +14,10 @@ import html
 
 import numpy as np
 
-from minispan.answer import QuestionAnsweringPipeline
+from minispan.answer import OPTIONS
 from minispan.files import atomic_write
 from minispan.postprocess import softmax
+from minispan.squad import Example
 
 STYLE = """body{font:15px/1.5 sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}
@@ -29,19 +30,11 @@ def write_explanation(path, qa, question, context, *, top_k=5, **options):
     """Answer `question` about `context` with the pipeline `qa` (options as qa takes them: max_answer_len,
     max_seq_len, doc_stride, handle_impossible_answer) and write the explanation page to `path`, atomically.
     Returns the top_k answers, best first: the first is what qa(...) and the command line answer."""
-    recorded = []
-
-    def logits(features, *args):  # the pipeline's own windows and logits, recorded as it computes them
-        recorded.append((features, QuestionAnsweringPipeline.logits(qa, features, *args)))
-        return recorded[-1][1]
-
-    qa.logits = logits  # an instance attribute, so only this call is recorded
-    try:
-        answers = qa(question=question, context=context, top_k=top_k, **options)
-    finally:
-        del qa.logits
+    answers = qa(question=question, context=context, top_k=top_k, **options)
     answers = answers if isinstance(answers, list) else [answers]  # one answer comes back as a dict
-    (features, (start_logits, end_logits)), = recorded
+    o = {**OPTIONS, **qa.options, **options}
+    features = qa.windows([Example("0", "", question, context)], o)  # the pipeline's own windows and logits
+    start_logits, end_logits = qa.logits(features, o["batch_size"])
     windows, nulls = [], []
     for k, (feature, s, e) in enumerate(zip(features, start_logits, end_logits)):
         allowed = np.array([offset is not None for offset in feature.offsets])
