@@ -82,7 +82,7 @@ def answer_token_span(token_starts, token_ends, answer_start, answer_end):
 
     first = the first token ending after the answer's first character (the token containing it);
     last = the last token starting before the answer's end (the token containing its last character).
-    Tokens are in text order, so both are binary searches.
+    Tokens are in text order, so both are binary searches. Tokens (0, 3) (4, 9) (9, 14), answer [5, 12): (1, 2).
     """
     first = int(np.searchsorted(token_ends, answer_start, side="right"))
     last = int(np.searchsorted(token_starts, answer_end, side="left")) - 1

@@ -1,5 +1,6 @@
 """The training loop: epochs of length-grouped global batches, one optimizer step each, a log line and a
-checkpoint every so often. train_loop is the whole loop in one screen; the pieces it calls are above it.
+checkpoint every so often. train_loop is the whole loop in one screen; fine_tune sets it up (AdamW, a resumed
+run's state, the speed hooks) and runs it.
 
 Only rank 0 writes files (log.jsonl, checkpoints/); every process trains.
 """
@@ -25,7 +26,7 @@ logger = logging.getLogger("minispan")
 
 @dataclass
 class TrainConfig:
-    """A run's settings. The defaults are SpanBERT's SQuAD 2.0 recipe; train.py's flags set the rest."""
+    """A run's settings. The defaults are SpanBERT's SQuAD 2.0 recipe; train.py's flags override them."""
     model: Optional[str] = "spanbert-base-cased"  # a model directory or a SpanBERT name (downloaded)
     train_file: Optional[str] = None  # None: the official train-v2.0.json (downloaded)
     dev_file: Optional[str] = None
@@ -50,7 +51,8 @@ class TrainConfig:
     cuda_graphs: bool = True
     compile: bool = False
     demo: bool = False
-    resume: Optional[str] = None  # continue the run in this output_dir (these three are not saved with the run)
+    # What to do, not how to train: not saved with the run.
+    resume: Optional[str] = None  # continue the run in this output_dir
     overwrite: bool = False  # replace the run in output_dir
     eval_only: bool = False  # no training: predict and score the dev set with the fine-tuned model
 
@@ -130,13 +132,13 @@ def train_loop(model, data, opt, rt, cfg, progress):
     """Train on data.features along data.plan, from progress.step (later than 0 in a resumed run) to the
     end. `model` is what runs forward: DistributedDataParallel's wrapper under torchrun."""
     forward_backward = forward_backward_hook(model, opt.scaler, rt, cfg.cuda_graphs)  # eager, or CUDA graphs
-    steps = len(data.plan)
+    steps = len(data.plan)  # every epoch's global batches, one after the other (batch_plan)
     bar = tqdm(total=steps, initial=progress.step, desc="train", disable=rt.rank != 0, dynamic_ncols=True)
     while progress.step < steps:
         batches = step_batches(data, data.plan[progress.step], rt, cfg)  # this process's micro-batches
         loss_sum = forward_backward(batches)  # forward, span loss, backward: the micro-batches' gradients add up
         grad_norm = optimizer_step(model, opt)  # clip, AdamW update, lr schedule, zero the gradients
-        progress.add(loss_sum, batches, grad_norm)
+        progress.add(loss_sum, batches, grad_norm)  # one more step; running sums, kept on the device
         bar.update(1)
         if progress.step % cfg.log_every == 0 or progress.step == steps:
             log(progress, data.steps_per_epoch, opt, rt, cfg.output_dir, bar)

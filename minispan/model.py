@@ -184,11 +184,9 @@ class BertForQuestionAnswering(nn.Module):
 
 
 def span_loss(start_logits, end_logits, start_positions, end_positions):
-    """Mean of the start and end cross-entropies.
-
-    A position outside the sequence (an answer cut off by truncation) is clamped to L, the one
-    index past the end, and ignored, as in the original run_squad.
-    """
+    """Mean of the start and end cross-entropies. A position outside the sequence is clamped to L, one past
+    the end, and ignored, as in run_squad and transformers (build_features never makes one: an answer not
+    wholly inside a window points at [CLS])."""
     L = start_logits.size(1)
     start_positions = start_positions.reshape(-1).clamp(0, L)
     end_positions = end_positions.reshape(-1).clamp(0, L)

@@ -6,7 +6,8 @@ null score = start_logits[0] + end_logits[0], the smallest over the question's w
 
     null_odds = null score - best span score;   predict "" when null_odds > null_score_diff_threshold
 
-`null_odds` is what the evaluation's --na-prob-file takes: it lets the metrics pick the best threshold.
+For example, [CLS] logits 2.0 and 1.5 (null score 3.5) against a best span of 3.2: null odds 0.3 > 0, the
+answer is "". `null_odds` is what the evaluation's --na-prob-file takes: the metrics pick the best threshold.
 """
 import numpy as np
 
@@ -35,7 +36,7 @@ def feature_candidates(feature, start_logits, end_logits, n_best_size, max_answe
     # Best first; a stable sort keeps the lower index first among equal logits, as the original's sort does.
     top_starts = np.argsort(-start_logits, kind="stable")[:n_best_size]
     top_ends = np.argsort(-end_logits, kind="stable")[:n_best_size]
-    starts, ends = top_starts[:, None], top_ends[None, :]
+    starts, ends = top_starts[:, None], top_ends[None, :]  # (n, 1) and (1, n): a row per start, a column per end
     valid = (
         (in_context[starts] & max_context[starts])
         & in_context[ends]

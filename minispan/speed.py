@@ -2,12 +2,12 @@
 The loop asks forward_backward_hook for its forward and backward; the plain eager one is step.py's.
 
 CUDA graphs. Run eagerly, a SpanBERT-base step at batch 32 launches about 1,000 GPU kernels one by one
-from Python, and a fast GPU waits for the host (an H200 was busy 12 ms of a 27 ms eager step). A graph
-records the kernels once and relaunches them all with one call: 15.7 ms a step against 54.0 ms eager,
-measured in one run on that card, with the same gradients (bench/README.md, tests/test_cuda_graphs.py).
+from Python, and a fast GPU waits for the host (in one run on an H200, the GPU was busy 12 ms of a 27 ms
+step). A graph records the kernels once and relaunches them all with one call: measured in another run on
+that card, 15.7 ms a step against 54.0 ms eager, with the same gradients (bench/README.md).
 A graph replays the same kernels on the same shapes at the same addresses, so:
 - there is one graph per micro-batch shape (rows x width), recorded when the shape first comes; widths are
-  rounded up to a multiple of 8 (features.batch_width): at most 64 shapes for 512-token windows;
+  rounded up to a multiple of 8 (features.batch_width): at most 64 widths for 512-token windows;
 - each batch is copied into its graph's own input tensors before the replay;
 - the gradients live in tensors that are never freed, and the recorded backward adds into them.
 All graphs share one memory pool: they run one after another on one stream and nothing but the loss

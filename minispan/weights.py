@@ -11,7 +11,7 @@ import torch
 
 from minispan.config import BertConfig
 from minispan.model import BertForQuestionAnswering
-from minispan.tensor_files import WeightsError, load_state_dict_file, save_safetensors  # noqa: F401 (WeightsError)
+from minispan.tensor_files import WeightsError, load_state_dict_file, save_safetensors
 
 logger = logging.getLogger("minispan")
 
