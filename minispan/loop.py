@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from minispan.checkpoint import load_trainer_state, save_checkpoint
 from minispan.features import batch_indices, batch_width, make_batch
+from minispan.files import append_line
 from minispan.speed import compile_layers, forward_backward_hook
 from minispan.step import make_optimization, micro_batches, optimizer_step
 
@@ -163,10 +164,10 @@ def log(progress, steps_per_epoch, opt, rt, output_dir, bar):
     if rt.rank == 0:
         bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
                         feat_s=f"{record['features_per_s']:.1f}")
-        with open(Path(output_dir) / "log.jsonl", "a", encoding="utf-8") as f:
-            # A diverged run's NaN/inf is written as null: bare NaN is Python's extension, not JSON.
-            f.write(json.dumps({key: value if not isinstance(value, float) or math.isfinite(value) else None
-                                for key, value in record.items()}, allow_nan=False) + "\n")
+        # A diverged run's NaN/inf is written as null: bare NaN is Python's extension, not JSON.
+        line = json.dumps({key: value if not isinstance(value, float) or math.isfinite(value) else None
+                           for key, value in record.items()}, allow_nan=False)
+        append_line(Path(output_dir) / "log.jsonl", line)  # whole or not at all, as a full disk allows
         if nonfinite:
             logger.warning("%d step(s) since the last log had non-finite gradients%s", int(nonfinite),
                            " (skipped by the loss scaler)" if rt.precision == "fp16" else "")
@@ -178,12 +179,12 @@ def fine_tune(model, data, cfg, rt, checkpoint=None):
     """Fine-tune `model` on the training set as cfg says: AdamW with its schedule, then the loop. From
     `checkpoint` (a resumed run): the optimizer, schedule and random states it saved, and its step."""
     opt = make_optimization(model, cfg, rt, total_steps=len(data.plan))
-    progress = Progress.start(rt.device)
-    if checkpoint is not None:
+    if checkpoint is not None:  # its step, running sums and random states (dropout continues its streams)
         progress = Progress.start(rt.device, *load_trainer_state(checkpoint, opt, rt))
         if rt.rank == 0:
             logger.info("resuming from %s (step %d of %d)", checkpoint, progress.step, len(data.plan))
     else:
+        progress = Progress.start(rt.device)
         torch.manual_seed(cfg.seed + rt.rank)  # each process its own dropout
     if rt.rank == 0:
         logger.info("%d steps of %d features (%d per epoch, %d warm-up)", len(data.plan),
