@@ -85,3 +85,17 @@ def write_json(path, obj, indent=2):
     with atomic_write(path) as f:
         json.dump(obj, f, indent=indent, ensure_ascii=False)
         f.write("\n")
+
+
+def append_line(path, line):
+    """Append `line` and a newline to a text file (a log), whole or not at all: a write that fails (a full disk)
+    is cut off again, leaving no half line, and is an OSError naming `path`."""
+    data = (line + "\n").encode("utf-8")
+    with open(path, "ab", buffering=0) as f:  # unbuffered: each write reaches the file, or fails, here
+        size = f.seek(0, os.SEEK_END)
+        try:
+            while data:
+                data = data[f.write(data):]  # a write can take only part of it
+        except OSError as e:
+            f.truncate(size)
+            raise OSError(e.errno, f"{path}: cannot write: {e.strerror}") from None

@@ -3,11 +3,13 @@ import errno
 import json
 import os
 import stat
+import subprocess
+import sys
 import threading
 
 import pytest
 
-from minispan.files import atomic_write, read_json, write_json
+from minispan.files import append_line, atomic_write, read_json, write_json
 
 
 def test_write_json_round_trip(tmp_path):
@@ -139,3 +141,22 @@ def test_read_json_reads_a_bounded_amount(tmp_path):
             read_json(path, max_bytes=1000)
     writer.join(timeout=60)
     assert read_json(big, max_bytes=2000) == [0] * 601
+
+
+def test_append_line_is_whole_or_not_at_all(tmp_path):
+    """A log line cut by a full disk would break every later reader of log.jsonl: the write that fails is cut
+    off again, and the error names the file. The full disk is real: a child process with RLIMIT_FSIZE."""
+    log = tmp_path / "log.jsonl"
+    append_line(log, '{"step": 1}')
+    script = (
+        "import resource, signal, sys\n"
+        "from minispan.files import append_line\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit: EFBIG, not a killed process\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))\n"
+        "try:\n"
+        "    append_line(sys.argv[1], '{\"step\": 2, \"pad\": \"' + 'x' * 200 + '\"}')\n"
+        "except OSError as e:\n"
+        "    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", script, str(log)], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith(f"[Errno {errno.EFBIG}] {log}: cannot write: "), out.stdout + out.stderr
+    assert log.read_text() == '{"step": 1}\n'
