@@ -4,21 +4,21 @@ that SpanBERT's weights fall back to when the Hugging Face Hub fails (hub.py fet
 Every file here is fetched to NAME.part and renamed once complete, so an interrupted download is
 resumed with an HTTP Range request instead of restarted, and a half file is never taken for a
 whole one. A file over 4 GiB, larger than any of these, is refused. Nothing is used before it is
-validated. Offline, the error says what to fetch from where and where to put it.
+validated. Offline, the error says what to fetch from where and where to put it. A server's text
+goes into a message through printable(): it may hold escape sequences that drive the terminal.
 
-    python -m minispan.download squad|spanbert-base-cased|spanbert-large-cased [--dest DIR]
+    python -m minispan.download squad|spanbert-base-cased|spanbert-large-cased [--dest DIR] [--deadline S]
 """
 import argparse
 import contextlib
 import http.client
 import os
-import shutil
 import sys
-import tarfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -31,7 +31,9 @@ SQUAD_URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset/"
 SQUAD_QUESTIONS = {"train": 130_319, "dev": 11_873}
 
 CHUNK = 1 << 20
+READ = 64 << 10  # one read from the network; less than this in `timeout` seconds is a stalled transfer
 MAX_BYTES = 4 << 30  # per file: SpanBERT-large's tarball is 1.2 GB; a server sending more is not sending it
+DEADLINE = 3600  # seconds for a whole download, retries included (the command line's --deadline)
 USER_AGENT = "minispan-download"
 
 
@@ -43,6 +45,11 @@ class _Interrupted(Exception):
     """The transfer stopped midway; what arrived is kept in the .part file."""
 
 
+def printable(text):
+    """A server's text (status line, header) for a one-line message: control characters escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def env_url(given, env_var, default):
     url = given or os.environ.get(env_var) or default
     return url if url.endswith("/") else url + "/"
@@ -50,29 +57,37 @@ def env_url(given, env_var, default):
 
 # --- one file over HTTP, resumable ------------------------------------------------------------
 
-def download(url, dest, attempts=3, timeout=60, progress=True, max_bytes=MAX_BYTES):
+def download(url, dest, attempts=3, timeout=60, progress=True, max_bytes=MAX_BYTES, *, deadline=None):
     """Fetch `url` into `dest` through `dest`.part; an interrupted transfer resumes where it stopped.
 
-    Connection refused, unknown host or an HTTP error status fail at once (retrying won't help);
-    a transfer cut midway is resumed up to `attempts` times, then the .part file is kept for the
-    next call. A file over `max_bytes` is refused and removed, so a wrong server cannot fill the disk.
+    Connection refused, unknown host or an HTTP error status fail at once (retrying won't help); a
+    transfer cut midway or stalled is resumed up to `attempts` times, then the .part file is kept for
+    the next call, as it is `deadline` seconds (default DEADLINE) after the start. A file over
+    `max_bytes` is refused and removed, so a wrong server cannot fill the disk. A link at `dest` is
+    written through (the .part beside its target); a device, FIFO or folder there is refused.
     """
-    dest = Path(dest)
-    part = dest.with_name(dest.name + ".part")
+    deadline = DEADLINE if deadline is None else deadline
+    end, target = time.monotonic() + deadline, Path(os.path.realpath(dest))
+    part = target.with_name(target.name + ".part")
+    if target.exists() and not target.is_file():  # replacing /dev/null or a FIFO breaks what reads it
+        raise DownloadError(f"{dest}: not a regular file (a device, FIFO or folder); name a file for {url}")
     if part.is_symlink() or (part.exists() and not part.is_file()):  # appending would write elsewhere
         raise DownloadError(f"{part}: not a regular file (a link?); delete it to download {url}")
-    with new_folders(dest.parent):
+    with new_folders(target.parent):
         for attempt in range(1, attempts + 1):
             try:
-                _fetch(url, part, timeout, progress, max_bytes)
+                _fetch(url, part, timeout, progress, max_bytes, end)
                 break
             except _Interrupted as e:
-                if attempt == attempts:
+                if (late := time.monotonic() > end) or attempt == attempts:
                     kept = part.stat().st_size if part.exists() else 0
-                    raise DownloadError(f"download of {url} interrupted ({e}); the {kept:,} bytes so far "
+                    why = f"its {deadline:g} s deadline passed: python -m minispan.download --deadline" if late else e
+                    raise DownloadError(f"download of {url} interrupted ({why}); the {kept:,} bytes so far "
                                         f"are kept in {part}: run again to resume") from None
-    os.replace(part, dest)
-    return dest
+    if target.is_file():  # the file replaced keeps its mode
+        os.chmod(part, target.stat().st_mode & 0o7777)
+    os.replace(part, target)
+    return Path(dest)
 
 
 @contextlib.contextmanager
@@ -102,53 +117,16 @@ class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_HttpRedirectsOnly)
 
 
-def _fetch(url, part, timeout, progress, max_bytes):
-    offset = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    if offset:
-        request.add_header("Range", f"bytes={offset}-")
-    try:
-        response = _OPENER.open(request, timeout=timeout)
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and offset:  # the .part is as long as the file or longer: start afresh
-            part.unlink()
-            return _fetch(url, part, timeout, progress, max_bytes)
-        raise DownloadError(f"cannot download {url}: HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:  # offline, refused, ...
-        raise DownloadError(f"cannot download {url}: {getattr(e, 'reason', e)}") from None
-
+def _fetch(url, part, timeout, progress, max_bytes, end):
+    """One request, appending to `part` what arrives until `end` (time.monotonic())."""
+    offset, response = _open(url, part, timeout)
     with response:
-        if response.status == 206:  # a part of the file (even unasked): the whole file's size is in Content-Range
-            start, total = _content_range(response.headers.get("Content-Range"))
-            if start != offset:  # not the bytes we asked for: start over on the next attempt
-                part.unlink(missing_ok=True)
-                raise _Interrupted(f"asked for bytes from {offset}, got Content-Range "
-                                   f"{response.headers.get('Content-Range')!r}")
-            if total is None:  # "bytes 0-99/*": no way to tell when the file is whole
-                part.unlink(missing_ok=True)
-                raise DownloadError(f"cannot download {url}: a partial reply without the file's size "
-                                    f"(Content-Range {response.headers.get('Content-Range')!r})")
-            mode = "ab"
-        else:  # 200: a server that ignores Range sends the whole file, so start over
-            offset, mode = 0, "wb"
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-        announced = max(offset, total or 0)
-        if announced > max_bytes:
-            part.unlink(missing_ok=True)
-            raise DownloadError(f"cannot download {url}: {announced:,} bytes, more than the "
-                                f"{max_bytes:,} any file here needs")
+        offset, total, mode = _body_size(response, url, part, offset, max_bytes)
         with open(part, mode) as f, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
                                          unit_divisor=1024, desc=part.name[:-len(".part")],
                                          disable=not progress) as bar:
             try:
-                while True:
-                    try:
-                        chunk = response.read(CHUNK)
-                    except (OSError, http.client.HTTPException) as e:  # reset, timeout, bad chunking
-                        raise _Interrupted(str(e) or type(e).__name__) from None
-                    if not chunk:
-                        break
+                for chunk in _chunks(response, timeout, end):
                     offset += len(chunk)
                     if offset > max_bytes:  # no size was announced
                         f.close()
@@ -158,13 +136,73 @@ def _fetch(url, part, timeout, progress, max_bytes):
                     f.write(chunk)  # an OSError here (a full disk) is not the network's: no retry
                     bar.update(len(chunk))
             finally:
-                if not f.closed:
+                if not f.closed:  # what arrived is on the disk before a rename, or a resume, relies on it
                     f.flush()
                     os.fsync(f.fileno())
     # urllib returns a short body without complaint when the server hangs up early.
     size = part.stat().st_size
     if total is not None and size != total:
         raise _Interrupted(f"got {size:,} of {total:,} bytes")
+
+
+def _open(url, part, timeout):
+    """(offset, response): the request for the rest of `part`, with the errors that retrying won't fix."""
+    offset = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    try:
+        return offset, _OPENER.open(request, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and offset:  # the .part is as long as the file or longer: start afresh
+            part.unlink()
+            return _open(url, part, timeout)
+        raise DownloadError(f"cannot download {url}: HTTP {e.code} {printable(e.reason)}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:  # offline, refused, ...
+        raise DownloadError(f"cannot download {url}: {printable(getattr(e, 'reason', e))}") from None
+
+
+def _body_size(response, url, part, offset, max_bytes):
+    """(offset, total, mode): where the body goes in `part`, and the whole file's size (None: unknown)."""
+    if response.status == 206:  # a part of the file (even unasked): the whole file's size is in Content-Range
+        start, total = _content_range(response.headers.get("Content-Range"))
+        if start != offset:  # not the bytes we asked for: start over on the next attempt
+            part.unlink(missing_ok=True)
+            raise _Interrupted(f"asked for bytes from {offset}, got Content-Range "
+                               f"{response.headers.get('Content-Range')!r}")
+        if total is None:  # "bytes 0-99/*": no way to tell when the file is whole
+            part.unlink(missing_ok=True)
+            raise DownloadError(f"cannot download {url}: a partial reply without the file's size "
+                                f"(Content-Range {response.headers.get('Content-Range')!r})")
+        mode = "ab"
+    else:  # 200: a server that ignores Range sends the whole file, so start over
+        offset, mode = 0, "wb"
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+    if max(offset, total or 0) > max_bytes:
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"cannot download {url}: {max(offset, total or 0):,} bytes, more than the "
+                            f"{max_bytes:,} any file here needs")
+    return offset, total, mode
+
+
+def _chunks(response, timeout, end):
+    """The body as it arrives; _Interrupted when the connection fails, when less than READ bytes come in
+    `timeout` seconds (a server trickling a byte at a time) or at `end`."""
+    mark, since = time.monotonic(), 0
+    while True:
+        try:
+            chunk = response.read1(READ)  # what has arrived: read(n) would wait for all n bytes
+        except (OSError, http.client.HTTPException) as e:  # reset, timeout, bad chunking
+            raise _Interrupted(printable(e) or type(e).__name__) from None
+        if not chunk:
+            return
+        yield chunk
+        now, since = time.monotonic(), since + len(chunk)
+        if since >= READ:
+            mark, since = now, 0
+        if response.length != 0 and (now - mark > timeout or now > end):  # 0: the body is whole
+            raise _Interrupted(f"stalled: {since:,} bytes in {now - mark:.0f} s")
 
 
 def _content_range(value):
@@ -221,64 +259,24 @@ def _check_squad(path, expected_questions, hint):
                             f"{expected_questions:,}; {hint}")
 
 
-# --- tarballs (SpanBERT's original release) ------------------------------------------------------
-
-def extract_tarball(archive, directory):
-    """Extract regular files and folders only, after checking every member.
-
-    An archive is refused whole, before anything is written, if a member is a link, a device
-    or any other special file, has an absolute path, or would land outside `directory`. One that
-    fails later (corrupt data, a bad checksum, a name the file system refuses) leaves nothing behind
-    in a `directory` this call created.
-    """
-    directory = Path(directory).resolve()
-    created = not directory.exists()
-    try:
-        with tarfile.open(archive) as tar:
-            members = tar.getmembers()
-            for member in members:
-                _check_member(member, directory, archive)
-            directory.mkdir(parents=True, exist_ok=True)
-            for member in members:
-                path = directory / member.name
-                if member.isdir():
-                    path.mkdir(parents=True, exist_ok=True)
-                    continue
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(member) as src, open(path, "wb") as dst:
-                    shutil.copyfileobj(src, dst, CHUNK)
-            # tarfile stops reading at the archive's end marker, before gzip's checksum: read to the end of
-            # the compressed stream, so that a corrupted download fails here instead of loading garbage.
-            while tar.fileobj.read(CHUNK):
-                pass
-    except (tarfile.TarError, EOFError, OSError) as e:  # OSError: gzip's BadGzipFile, CRC, names
-        if created:
-            shutil.rmtree(directory, ignore_errors=True)
-        raise DownloadError(f"{archive}: not a readable tar archive ({e})") from None
-
-
-def _check_member(member, directory, archive):
-    name = member.name
-    if not (member.isfile() or member.isdir()):
-        raise DownloadError(f"{archive}: refusing member {name!r}: links, devices and other special "
-                            f"files are not extracted")
-    if name.startswith(("/", "\\")) or os.path.isabs(name):
-        raise DownloadError(f"{archive}: refusing member {name!r}: absolute path")
-    inside = (directory / name).resolve()
-    if ".." in PurePosixPath(name).parts or (inside != directory and directory not in inside.parents):
-        raise DownloadError(f"{archive}: refusing member {name!r}: path leaves the extraction folder")
 
 
 # --- command line ------------------------------------------------------------------------------
 
 def main(argv=None):
+    global DEADLINE
     from minispan.hub import SPANBERT, ensure_spanbert
 
     parser = argparse.ArgumentParser(prog="python -m minispan.download",
                                      description="Download SQuAD 2.0 or SpanBERT's pretrained weights.")
     parser.add_argument("what", choices=["squad", *SPANBERT])
     parser.add_argument("--dest", help="folder to put them in (default: data/ for squad, models/ for SpanBERT)")
+    parser.add_argument("--deadline", type=float, default=DEADLINE, metavar="SECONDS",
+                        help=f"stop a download after this long, keeping what arrived to resume (default {DEADLINE})")
     args = parser.parse_args(argv)
+    if not 0 < args.deadline < float("inf"):
+        parser.error(f"--deadline: {args.deadline:g} is not a positive number of seconds")
+    DEADLINE = args.deadline  # every download below, hub.py's too, takes it as its default
     try:
         if args.what == "squad":
             paths = [ensure_squad(split, args.dest or "data") for split in ("train", "dev")]
@@ -292,5 +290,6 @@ def main(argv=None):
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the imported module's main, not this copy's: hub.py's DownloadError and DEADLINE
+    import minispan.download
+    sys.exit(minispan.download.main())

@@ -15,7 +15,8 @@ from huggingface_hub import constants, hf_hub_download
 from huggingface_hub.utils import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                    RepositoryNotFoundError, RevisionNotFoundError)
 
-from minispan.download import DownloadError, download, env_url, extract_tarball, new_folders
+from minispan.archive import extract_tarball
+from minispan.download import DownloadError, download, env_url, new_folders
 from minispan.files import write_json
 
 SPANBERT_URL = "https://dl.fbaipublicfiles.com/fairseq/models/"  # MINISPAN_SPANBERT_URL: the release tarballs

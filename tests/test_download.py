@@ -1,22 +1,27 @@
 """Downloads against a local HTTP server on 127.0.0.1: resume, Range ignored, validation,
-malicious tarballs, offline errors and the command line. No network; a few seconds in all.
+malicious tarballs, offline errors and the command line. No network; several seconds in all.
 (SpanBERT's weights come through huggingface_hub: test_hub.py.)"""
 import http.server
+import contextlib
+import gzip
 import io
 import json
 import os
 import random
 import re
 import socket
+import stat
 import subprocess
 import sys
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from minispan.download import DownloadError, download, ensure_squad, extract_tarball
+from minispan.archive import extract_tarball
+from minispan.download import DownloadError, download, ensure_squad
 
 REPO = Path(__file__).resolve().parents[1]
 BLOB = random.Random(0).randbytes(2_500_000)  # spans several 1 MiB reads
@@ -34,6 +39,8 @@ class FakeServer:
         self.no_length = set()  # paths sent without Content-Length (the end of the body is the hang-up)
         self.unasked_part = {}  # path -> bytes of a 206 partial reply to the next request without Range
         self.unknown_total = False  # that reply's Content-Range says "/*" instead of the file's size
+        self.trickle = {}  # path -> how many of the next requests get the body a byte every 0.05 s
+        self.raw = {}  # path -> the whole reply, status line and headers included, sent as is
         self.url = None
 
 
@@ -42,6 +49,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         fake = self.server.fake
         range_header = self.headers.get("Range")
         fake.requests.append((self.path, range_header))
+        if self.path in fake.raw:
+            self.wfile.write(fake.raw[self.path])
+            self.close_connection = True
+            return
         if self.path in fake.redirects:
             self.send_response(302)
             self.send_header("Location", fake.redirects[self.path])
@@ -79,6 +90,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
         cut = fake.drop_after.pop(self.path, None)
+        if fake.trickle.get(self.path):
+            fake.trickle[self.path] -= 1
+            self.close_connection = True
+            with contextlib.suppress(OSError):  # the client gave up
+                for i in range(start, len(body)):
+                    self.wfile.write(body[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            return
         self.wfile.write(body[start:] if cut is None else body[start:start + cut])
         if cut is not None:
             self.close_connection = True  # hang up with the body half sent
@@ -235,6 +255,74 @@ def test_http_error_and_offline_fail_at_once(server, dead_url, tmp_path):
     assert len(server.requests) == 1 and files_under(tmp_path) == []
 
 
+SLOW = b"slow" * 25  # trickled, a byte every 0.05 s: 5 s in all
+
+
+def test_a_trickling_transfer_is_stalled_and_resumed(server, tmp_path):
+    """A byte every 0.05 s never lets a socket timeout fire: less than 64 KiB in `timeout` seconds is a stall,
+    resumed as a cut transfer is (the second request, served at full speed, asks for the rest)."""
+    server.files["/slow.bin"], server.trickle["/slow.bin"] = SLOW, 1
+    download(server.url + "slow.bin", tmp_path / "slow.bin", timeout=1, progress=False)
+    assert len(server.requests) == 2 and (tmp_path / "slow.bin").read_bytes() == SLOW
+    server.trickle["/slow.bin"] = 1
+    with pytest.raises(DownloadError, match=r"slow\.bin interrupted \((stalled: \d+ bytes in \d+ s|timed out)\); "):
+        download(server.url + "slow.bin", tmp_path / "again.bin", attempts=1, timeout=1, progress=False)
+
+
+def test_a_download_past_its_deadline_stops_and_keeps_the_part(server, tmp_path):
+    server.files["/slow.bin"], server.trickle["/slow.bin"] = SLOW, 3
+    dest, part = tmp_path / "slow.bin", tmp_path / "slow.bin.part"
+    with pytest.raises(DownloadError) as error:
+        download(server.url + "slow.bin", dest, timeout=30, deadline=0.5, progress=False)
+    assert re.search(r"slow\.bin interrupted \(its 0\.5 s deadline passed: python -m minispan\.download "
+                     r"--deadline\); the [\d,]+ bytes so far are kept in .*slow\.bin\.part: run again to resume$",
+                     str(error.value))
+    kept = len(part.read_bytes())
+    assert len(server.requests) == 1 and not dest.exists() and part.read_bytes() == SLOW[:kept]
+    server.trickle.clear()
+    download(server.url + "slow.bin", dest, progress=False)  # resumed
+    assert server.requests[-1] == ("/slow.bin", f"bytes={kept}-" if kept else None)
+    assert dest.read_bytes() == SLOW and not part.exists()
+
+
+@pytest.mark.parametrize("reply", [
+    b"HTTP/1.1 404 Not\x1b[2J\x1b]0;owned\x07 Found\r\nContent-Length: 0\r\n\r\n",  # a reason phrase
+    b"\x1b[2J\x1b]0;owned\x07\r\n\r\n",  # not a status line at all
+])
+def test_server_text_reaches_the_message_escaped(server, tmp_path, reply):
+    server.raw["/x.bin"] = reply
+    with pytest.raises(DownloadError) as error:
+        download(server.url + "x.bin", tmp_path / "x.bin", progress=False)
+    message = str(error.value)
+    assert r"\x1b[2J\x1b]0;owned\x07" in message and message.isprintable()
+
+
+def test_a_link_at_dest_is_written_through_to_its_target(server, tmp_path):
+    server.files["/blob.bin"] = BLOB
+    (tmp_path / "real").mkdir()
+    target, link = tmp_path / "real" / "blob.bin", tmp_path / "blob.bin"
+    target.write_bytes(b"old")
+    target.chmod(0o640)
+    link.symlink_to(target)
+    server.drop_after["/blob.bin"] = 1000
+    with pytest.raises(DownloadError, match="kept in .*real/blob.bin.part"):  # the .part beside the target
+        download(server.url + "blob.bin", link, attempts=1, progress=False)
+    assert download(server.url + "blob.bin", link, progress=False) == link
+    assert link.is_symlink() and target.read_bytes() == BLOB
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640  # the replaced file's mode, not a new file's
+    assert files_under(tmp_path) == ["blob.bin", "real", "real/blob.bin"]
+
+
+def test_a_fifo_or_folder_at_dest_is_refused(server, tmp_path):
+    server.files["/blob.bin"] = BLOB
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "folder").mkdir()
+    for name in ("fifo", "folder"):
+        with pytest.raises(DownloadError, match=f"{name}: not a regular file \\(a device, FIFO or folder\\)"):
+            download(server.url + "blob.bin", tmp_path / name, progress=False)
+    assert stat.S_ISFIFO((tmp_path / "fifo").lstat().st_mode) and server.requests == []
+
+
 # --- SQuAD ------------------------------------------------------------------------------------
 
 def squad_bytes(questions, version="v2.0"):
@@ -344,6 +432,58 @@ def test_safe_tarball_is_extracted(tmp_path):
     assert not (tmp_path / "out3").exists()  # nothing half-extracted left
 
 
+def test_extraction_is_capped_at_what_the_archive_can_hold(tmp_path):
+    archive = tmp_path / "release.tar.gz"
+    # By default an archive may unpack to 4x its size, at least 1 MiB: 2 MiB of zeros compress to 2 KB.
+    make_tar(archive, [regular("model/config.json", b"{}"), regular("model/pytorch_model.bin", bytes(2 << 20))])
+    with pytest.raises(DownloadError, match=r"release\.tar\.gz: unpacks to more than the 1,048,576 bytes it may "
+                                            r"\(a decompression bomb\?\); delete it"):
+        extract_tarball(archive, tmp_path / "out")
+    make_tar(archive, [regular(f"model/{i}", b"") for i in range(3000)])  # headers only: 1.5 MB from 10 KB
+    with pytest.raises(DownloadError, match=r"unpacks to more than the 1,048,576 bytes"):
+        extract_tarball(archive, tmp_path / "out")
+    make_tar(archive, [regular("model/config.json", b"{}"), regular("model/w.bin", BLOB)])
+    size = 2 * 512 + 2 + len(BLOB)  # two headers, two files
+    with pytest.raises(DownloadError, match=f"unpacks to more than the {size - 1:,} bytes"):
+        extract_tarball(archive, tmp_path / "out", max_bytes=size - 1)
+    assert files_under(tmp_path) == ["release.tar.gz"]
+    extract_tarball(archive, tmp_path / "out", max_bytes=size)  # just fits
+    assert (tmp_path / "out" / "model" / "w.bin").read_bytes() == BLOB
+
+
+def sparse_tar(path, real_size):
+    """A GNU sparse member (tarfile cannot write one): 512 stored bytes that extract to `real_size` bytes."""
+    info = tarfile.TarInfo("model/pytorch_model.bin")
+    info.type, info.size = tarfile.GNUTYPE_SPARSE, 512
+    header = bytearray(info.tobuf(tarfile.GNU_FORMAT))
+    header[386:410] = b"%011o\0%011o\0" % (0, 512)  # the map: 512 bytes of data at offset 0, holes after
+    header[483:495] = b"%011o\0" % real_size
+    header[148:155] = b"%06o\0" % (256 + sum(header[:148]) + sum(header[156:]))  # the checksum, recomputed
+    with gzip.open(path, "wb") as f:
+        f.write(bytes(header) + b"\1" * 512 + bytes(1024))
+
+
+def test_a_sparse_member_is_refused(tmp_path):
+    archive = tmp_path / "release.tar.gz"
+    sparse_tar(archive, 8 << 20)  # ~100 bytes; the issue's 506 bytes declared 20 GiB
+    with pytest.raises(DownloadError, match=r"refusing member 'model/pytorch_model\.bin': sparse files are not"):
+        extract_tarball(archive, tmp_path / "out", max_bytes=1 << 30)
+    assert files_under(tmp_path) == ["release.tar.gz"]
+
+
+def test_extraction_needs_a_new_folder(tmp_path):
+    """A link already in the folder would take a member's bytes elsewhere: only a new folder is extracted to."""
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    (tmp_path / "out" / "model").mkdir(parents=True)
+    (tmp_path / "out" / "model" / "config.json").symlink_to(victim)
+    archive = tmp_path / "release.tar.gz"
+    make_tar(archive, [regular("model/config.json", b"{}")])
+    with pytest.raises(DownloadError, match=r"out: already exists; delete it to extract .*release\.tar\.gz there"):
+        extract_tarball(archive, tmp_path / "out")
+    assert victim.read_bytes() == b"precious" and (tmp_path / "out" / "model" / "config.json").is_symlink()
+
+
 # --- command line -----------------------------------------------------------------------------
 
 def test_cli_offline_is_one_line_and_exit_2(dead_url, tmp_path):
@@ -366,3 +506,24 @@ def test_cli_offline_is_one_line_and_exit_2(dead_url, tmp_path):
     result = subprocess.run([sys.executable, "-m", "minispan.download", "squad", "--dest", str(nested)],
                             capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert result.returncode == 2 and not (tmp_path / "new").exists()
+
+
+def test_cli_deadline_stops_the_release_tarball_download(server, tmp_path):
+    """--deadline reaches hub.py's download of the release tarball (the Hub offline here), and its error is
+    one line: run as __main__, the module once caught only its own copy's DownloadError."""
+    server.files["/spanbert_hf_base.tar.gz"], server.trickle["/spanbert_hf_base.tar.gz"] = SLOW, 1
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("HF_", "HUGGING"))}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), MINISPAN_SPANBERT_URL=server.url)
+    command = [sys.executable, "-m", "minispan.download", "spanbert-base-cased", "--dest", str(tmp_path / "models")]
+    result = subprocess.run(command + ["--deadline", "0.5"], capture_output=True, text=True, env=env, cwd=REPO,
+                            timeout=120)
+    error = result.stderr[result.stderr.find("error: "):]  # after the progress bar
+    assert result.returncode == 2 and error.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "spanbert_hf_base.tar.gz interrupted (its 0.5 s deadline passed: python -m minispan.download --deadline" \
+        in error
+    assert (tmp_path / "models" / ".spanbert-base-cased.download" / "spanbert_hf_base.tar.gz.part").exists()
+    result = subprocess.run(command + ["--deadline", "nan"], capture_output=True, text=True, env=env, cwd=REPO,
+                            timeout=120)
+    assert result.returncode == 2 and "--deadline: nan is not a positive number of seconds" in result.stderr
+    result = subprocess.run(command[:3] + ["--help"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert "--deadline SECONDS" in result.stdout
