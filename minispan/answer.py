@@ -17,18 +17,18 @@ get the same output. Its conventions differ from the SQuAD evaluation path (feat
 - the null answer "" (score: the smallest [CLS] probability over the windows) competes only when
   handle_impossible_answer=True.
 
-The command line answers one question and prints the answer as JSON:
+Its command line prints the answer as JSON (the module is not pipeline.py, which would hide the function):
 
     python -m minispan.answer --model mrm8488/spanbert-finetuned-squadv2 --question "Who wrote it?" --context "..."
-
-(The module is not called pipeline.py because `import minispan.pipeline` would then replace the function
-minispan.pipeline with the module of the same name.)
 """
 import argparse
+import dataclasses
 import json
+import re
 import sys
 import warnings
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -56,7 +56,6 @@ class QuestionAnsweringPipeline:
 
     def __call__(self, inputs=None, *, question=None, context=None, **options):
         """qa({"question": q, "context": c}) or qa(question=q, context=c) -> {"score", "start", "end", "answer"}.
-
         A list of questions (or of dicts) gives a list of results. With top_k > 1 a result is a list of up to
         top_k answers, best first (a single dict when only one answer exists, as in transformers).
         max_question_len truncates the question to that many tokens; by default it is not truncated, as in
@@ -103,9 +102,7 @@ class QuestionAnsweringPipeline:
                                               doc_stride=window - doc_stride, max_query_length=question_length)
             if all(offset is None for offset in example_features[0].offsets):
                 raise ValueError(f"input {i}: context has no tokens (only control characters?)")
-            for feature in example_features:
-                feature.example_index = i
-                features.append(feature)
+            features += [dataclasses.replace(feature, example_index=i) for feature in example_features]
         return features
 
     @torch.inference_mode()
@@ -125,14 +122,15 @@ class QuestionAnsweringPipeline:
                 for row, i in enumerate(chunk):
                     start_logits[i] = output.start_logits[row].double().cpu().numpy()
                     end_logits[i] = output.end_logits[row].double().cpu().numpy()
+        if not all(np.isfinite(logits).all() for logits in start_logits + end_logits):  # else [] or a NaN score
+            raise ValueError("the model's outputs are not finite (NaN or inf): its weights are, or overflow its dtype")
         return start_logits, end_logits
 
 
 def window_answers(feature, start_logits, end_logits, top_k, max_answer_len, word_ids=None):
     """The top_k spans of one window as (score, char start, char end), best first, and its null score."""
     in_context = np.array([o is not None for o in feature.offsets])
-    allowed = in_context.copy()
-    allowed[0] = True  # [CLS]: the null answer
+    allowed = in_context | (np.arange(len(in_context)) == 0)  # and [CLS]: the null answer
     p_start = softmax(np.where(allowed, start_logits, -np.inf))
     p_end = softmax(np.where(allowed, end_logits, -np.inf))
     null = float(p_start[0] * p_end[0])
@@ -179,15 +177,14 @@ def parse_inputs(inputs, question, context):
     if inputs is not None:
         if question is not None or context is not None:
             raise ValueError("pass either a dict (or list of dicts) or question=/context=, not both")
-        is_list, pairs = isinstance(inputs, (list, tuple)), []
-        for n, item in enumerate(inputs if isinstance(inputs, (list, tuple)) else [inputs]):
+        is_list = isinstance(inputs, (list, tuple))
+        for n, item in enumerate(inputs if is_list else [inputs]):
             if not isinstance(item, dict):
                 raise ValueError(f"input {n}: expected a dict with keys 'question' and 'context', "
                                  f"got {type(item).__name__}")
-            missing = [key for key in ("question", "context") if key not in item]
-            if missing:
+            if missing := [key for key in ("question", "context") if key not in item]:
                 raise ValueError(f"input {n}: the dict has no {' and no '.join(map(repr, missing))}")
-            pairs.append((item["question"], item["context"]))
+        pairs = [(item["question"], item["context"]) for item in (inputs if is_list else [inputs])]
     elif question is not None and context is not None:
         is_list = isinstance(question, (list, tuple))
         if is_list and isinstance(context, (list, tuple)):
@@ -206,6 +203,8 @@ def parse_inputs(inputs, question, context):
                 raise ValueError(f"input {n}: {name} must be a string, got {type(value).__name__}")
             if not value.strip():
                 raise ValueError(f"input {n}: {name} is empty")
+            if bad := re.search("[\ud800-\udfff]", value):  # as bytes that are not UTF-8 arrive from a command line
+                raise ValueError(f"input {n}: {name} is not valid text: a lone surrogate at character {bad.start()}")
     return [Example(id=str(n), title="", question=q, context=c) for n, (q, c) in enumerate(pairs)], is_list
 
 
@@ -223,24 +222,26 @@ def pipeline(task=None, model=None, *, tokenizer=None, revision=None, token=None
     arguments = check_arguments(arguments, call=False)  # all of them, before anything loads
     device, dtype = arguments.pop("device", None), arguments.pop("torch_dtype", None)
     model_dir = resolve_model(model, revision, token)
-    tokenizer = load_tokenizer(model_dir if tokenizer in (None, model) else  # before the weights: fails fast
-                               resolve_model(tokenizer, revision, token, weights=False))
+    vocab_dir = model_dir if tokenizer in (None, model) else resolve_model(tokenizer, revision, token, weights=False)
+    tokenizer = load_tokenizer(vocab_dir)  # before the weights: fails fast
     if dtype == "auto":  # 4.x: the checkpoint's own
         dtype = getattr(torch, read_json_object(model_dir / "config.json").get("torch_dtype") or "float32")
-    return QuestionAnsweringPipeline(load_model(model_dir, device=device, dtype=dtype), tokenizer, device, **arguments)
+    model = load_model(model_dir, device=device, dtype=dtype)
+    if tokenizer.vocab_size > model.config.vocab_size:  # else an IndexError at the first question with such a token
+        raise ValueError(f"{vocab_dir}: a vocabulary of {tokenizer.vocab_size:,} tokens, more than the "
+                         f"{model.config.vocab_size:,} embeddings of the model in {model_dir}")
+    return QuestionAnsweringPipeline(model, tokenizer, device, **arguments)
 
 
 def check_arguments(arguments, call):
-    """Every check of the pipeline's arguments, for pipeline(...) (call=False) and for a call: transformers 4.46's,
-    with its meanings (and topk, its old spelling of top_k); anything else is one line naming it. None: the
-    default. Returns the arguments given, checked, with device and torch_dtype converted."""
+    """Every check of the pipeline's arguments, for pipeline(...) (call=False) and for a call: transformers 4.46's
+    (and topk, its old top_k); others are one line naming them. Returns those given (None: the default), checked."""
     arguments = {name: value for name, value in arguments.items() if value is not None}
     if "topk" in arguments:
         warnings.warn("topk parameter is deprecated, use top_k instead", UserWarning)  # 4.46's words
         arguments.setdefault("top_k", arguments.pop("topk"))
     known = [*OPTIONS] if call else [*OPTIONS, "device", "torch_dtype"]
-    unknown = [name for name in arguments if name not in known]
-    if unknown:
+    if unknown := [name for name in arguments if name not in known]:
         raise ValueError(f"{'qa' if call else 'pipeline'}: unknown argument {unknown[0]!r} (minispan takes "
                          f"{'' if call else 'model, tokenizer, revision, token, '}{', '.join(known)})")
     check_positive_ints(**{name: arguments[name] for name in ("top_k", "max_answer_len", "max_seq_len",
@@ -258,8 +259,7 @@ def check_arguments(arguments, call):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m minispan.answer",
-                                     description="Answer one question from the command line and print the answer "
-                                                 "as JSON.")
+                                     description="Answer one question and print the answer as JSON.")
     parser.add_argument("--model", required=True, help="a model directory, or a Hugging Face Hub id (owner/name)")
     parser.add_argument("--question", required=True)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -268,24 +268,19 @@ def main(argv=None):
     parser.add_argument("--top-k", type=int, default=1, help="how many answers (default 1)")
     parser.add_argument("--handle-impossible-answer", action="store_true", help='allow the answer "" (no answer)')
     parser.add_argument("--max-answer-len", type=int, default=15, help="longest answer in tokens (default 15)")
-    parser.add_argument("--max-seq-len", type=int,
-                        help="tokens per window (default 384, or the model's positions if fewer)")
-    parser.add_argument("--doc-stride", type=int,
-                        help="tokens shared by neighbouring windows (default the smaller of 128 and half of "
-                             "--max-seq-len)")
+    parser.add_argument("--max-seq-len", type=int, help="tokens per window (default 384, or the model's positions)")
+    parser.add_argument("--doc-stride", type=int, help="tokens shared by neighbouring windows (default the smaller "
+                        "of 128 and half of --max-seq-len)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: cpu)")
     parser.add_argument("--explain", metavar="PAGE.html", help="also write a page showing why: the windows, each "
                         "token's start and end probability, the best spans, the null score (minispan/explain.py)")
     args = parser.parse_args(argv)
 
     try:
-        context = args.context
-        if args.context_file is not None:
-            try:
-                with open(args.context_file, encoding="utf-8") as f:
-                    context = f.read()
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{args.context_file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        try:
+            context = args.context if args.context_file is None else Path(args.context_file).read_text("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{args.context_file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         qa = pipeline(args.model, device=args.device and resolve_device(args.device))
         options = dict(handle_impossible_answer=args.handle_impossible_answer, max_answer_len=args.max_answer_len,
                        max_seq_len=args.max_seq_len, doc_stride=args.doc_stride)
@@ -294,10 +289,10 @@ def main(argv=None):
             from minispan.explain import write_explanation
 
             write_explanation(args.explain, qa, args.question, context, top_k=max(5, args.top_k), **options)
+        print(json.dumps(result, ensure_ascii=False, indent=2, allow_nan=False))  # JSON: never a bare NaN
     except (OSError, ValueError, DownloadError) as e:  # missing files or Hub model, bad JSON or weights, bad input
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(result, ensure_ascii=False, indent=2))
     return 0
 
 

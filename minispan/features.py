@@ -90,8 +90,9 @@ def answer_token_span(token_starts, token_ends, answer_start, answer_end):
 
 
 def build_features(examples, tokenizer, *, max_seq_length=384, doc_stride=128, max_query_length=64,
-                   training=False, progress=False):
+                   training=False, progress=None):
     """Turn examples into features (one per window). In training, each feature gets start/end targets.
+    `progress`: a progress bar's label ("train features"), or None for no bar.
 
     In training, an example whose first answer is not found at its `start` in the context is skipped (it
     gets no features), as in the original: its target would be wrong.
@@ -109,7 +110,7 @@ def build_features(examples, tokenizer, *, max_seq_length=384, doc_stride=128, m
 
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     features = []
-    for example_index, example in enumerate(tqdm(examples, desc="features", disable=not progress)):
+    for example_index, example in enumerate(tqdm(examples, desc=progress, disable=not progress)):
         c = context_index[example.context]
         context = contexts[c]
         question_ids = questions[example_index].ids[:max_query_length]

@@ -4,6 +4,7 @@ A regular file is written to a temporary file in its directory and renamed over 
 on POSIX and Windows within one file system), so a crash or Ctrl-C never leaves half of one behind.
 """
 import contextlib
+import fcntl
 import json
 import os
 import stat
@@ -85,6 +86,23 @@ def write_json(path, obj, indent=2):
     with atomic_write(path) as f:
         json.dump(obj, f, indent=indent, ensure_ascii=False)
         f.write("\n")
+
+
+def lock_file(path):
+    """(the open file `path`, None) holding an exclusive lock on it, with this process's id written in it; or
+    (None, the id its holder wrote) when another process holds it. The kernel drops the lock (flock) with the
+    process that holds it, even one killed by kill -9: none is left stuck."""
+    f = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        with f:
+            return None, f.read().strip() or "?"
+    f.truncate(0)
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f, None
 
 
 def append_line(path, line):

@@ -10,9 +10,11 @@ Outputs in --output-dir (only rank 0 writes):
     predictions.json null_odds.json      dev predictions and their null odds (predict.py)
     span_predictions.json eval_results.json
 """
+import contextlib
 import dataclasses
 import logging
 import os
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -22,7 +24,7 @@ import torch
 from minispan.checkpoint import latest_checkpoint, truncate_log
 from minispan.config import BertConfig
 from minispan.features import build_features
-from minispan.files import read_json, read_json_object, write_json
+from minispan.files import lock_file, read_json, read_json_object, write_json
 from minispan.loop import TrainConfig, TrainingSet, batch_plan, fine_tune
 from minispan.model import BertForQuestionAnswering
 from minispan.predict import DevSet, evaluate
@@ -48,13 +50,15 @@ SAVED = [f for f in dataclasses.fields(TrainConfig) if f.name not in ("resume", 
 RUN_FILES = ("run_config.json", "log.jsonl", "checkpoints", "config.json", "model.safetensors", "vocab.txt",
              "tokenizer_config.json", "predictions.json", "null_odds.json", "span_predictions.json",
              "eval_results.json")
+PREDICTION_FILES = RUN_FILES[-4:]  # all that --eval-only writes
+MAX_PLAN = 10**7  # epochs x training features (75 epochs of SQuAD 2.0's train set): a plan of 400 MB
 
 
 def train(cfg, run_dir):
     """The whole job: inputs, model, fine-tuning with checkpoints, then the dev evaluation. Returns the
     metrics (None in processes other than rank 0)."""
     rt = start_runtime(cfg)
-    run_dir.check()
+    run_dir.check(rt.rank)
     if rt.world_size > 1:
         start_process_group(rt)  # waits for every process: all have checked the output dir
     train_examples, dev_examples, dev_dataset = read_data(cfg, rt)
@@ -66,12 +70,16 @@ def train(cfg, run_dir):
     model.to(rt.device)  # the demo model: load_model built the others there
 
     sizes = dict(max_seq_length=cfg.max_seq_length, doc_stride=cfg.doc_stride, max_query_length=cfg.max_query_length)
-    features = build_features(train_examples, tokenizer, **sizes, training=True, progress=rt.rank == 0)
+    features = build_features(train_examples, tokenizer, **sizes, training=True,
+                              progress="train features" if rt.rank == 0 else None)
     if not features:
         raise TrainingError(f"{cfg.train_file}: no usable training questions (no answer found in its context)")
+    if cfg.epochs * len(features) > MAX_PLAN:  # the batch plan lists every feature of every epoch
+        raise TrainingError(f"--epochs {cfg.epochs}: {cfg.epochs:,} x {len(features):,} training features is more "
+                            f"than the {MAX_PLAN:,} a run can plan; use fewer epochs")
     # The dev windows too, now: a setting they cannot take must fail before training, not after it.
-    dev = DevSet(dev_examples, build_features(dev_examples, tokenizer, **sizes, progress=True), dev_dataset) \
-        if rt.rank == 0 else None
+    dev = DevSet(dev_examples, build_features(dev_examples, tokenizer, **sizes, progress="dev features"),
+                 dev_dataset) if rt.rank == 0 else None
     plan = batch_plan([len(f.input_ids) for f in features], cfg.batch_size, cfg.epochs, cfg.seed)
     data = TrainingSet(features, plan, len(plan) // cfg.epochs, tokenizer.pad_token_id)
     if rt.rank == 0:
@@ -80,9 +88,9 @@ def train(cfg, run_dir):
         logger.info("%d training features from %d questions; %s on %s; %d process(es) x %d features per "
                     "micro-batch", len(features), len(train_examples), rt.precision, rt.device, rt.world_size,
                     min(per_device, share))
-        if cfg.resume:
+        if checkpoint:
             run_dir.continue_from(checkpoint)
-        else:
+        else:  # a new run, or a resumed one killed before its first checkpoint: from the start
             run_dir.start(cfg, tokenizer, source, rt)
 
     fine_tune(model, data, cfg, rt, checkpoint)
@@ -156,22 +164,16 @@ def model_dir(name, rt):
 
 
 def tokenizer_and_model(cfg, rt, train_examples, checkpoint):
-    """A new run: the --model directory's (the demo builds its own). A resumed run: the tokenizer saved in its
-    directory, the model of its newest checkpoint (or --model's again, if killed before the first).
-    Returns (tokenizer, model, the --model directory or None)."""
-    source = None if cfg.demo or cfg.resume else model_dir(cfg.model, rt)
-    if cfg.resume:
-        tokenizer = load_tokenizer(cfg.output_dir)  # saved there when the run started
+    """The --model directory's tokenizer and model (the demo builds its own); from a checkpoint, the tokenizer saved
+    in the output dir and the checkpoint's model. Returns (tokenizer, model, the --model directory or None)."""
+    source = None if cfg.demo or checkpoint else model_dir(cfg.model, rt)
+    if checkpoint is not None:  # its tokenizer was saved before training began
+        tokenizer, model = load_tokenizer(cfg.output_dir), load_model(checkpoint, device=rt.device)
     elif cfg.demo:
         tokenizer = demo_tokenizer(train_examples)
-    else:
-        tokenizer = load_tokenizer(source)
-    if checkpoint is not None:
-        model = load_model(checkpoint, device=rt.device)
-    elif cfg.demo:
         model = BertForQuestionAnswering(BertConfig(vocab_size=tokenizer.vocab_size, **DEMO_MODEL))
-    else:  # a fresh start, or a resume killed before its first checkpoint
-        model = load_model(source or model_dir(cfg.model, rt), device=rt.device)
+    else:
+        tokenizer, model = load_tokenizer(source), load_model(source, device=rt.device)
     if model.config.vocab_size < tokenizer.vocab_size:
         raise TrainingError(f"--model {cfg.model}: vocabulary of {tokenizer.vocab_size} tokens but the model "
                             f"has {model.config.vocab_size} embeddings")
@@ -188,7 +190,7 @@ def evaluate_only(cfg):
     did, with its settings (train_cli.EVAL_ONLY); only the prediction files are written. Returns the metrics."""
     rt = start_runtime(cfg)
     out = Path(cfg.output_dir)
-    if not cfg.overwrite and any((out / name).exists() for name in RUN_FILES[-4:]):  # the prediction files
+    if not cfg.overwrite and any((out / name).exists() for name in PREDICTION_FILES):
         raise TrainingError(f"--output-dir {out} holds predictions: use --overwrite to replace them, or another one")
     dev_examples, dev_dataset = read_dev(cfg, rt)
     weights_file = model_files(model_dir(cfg.model, rt), None)[1]  # before load_model: it would add a fresh head
@@ -196,19 +198,15 @@ def evaluate_only(cfg):
         raise TrainingError(f"--model {cfg.model}: no span head: fine-tune it first ({weights_file} has no qa_outputs)")
     tokenizer, model, _ = tokenizer_and_model(cfg, rt, None, None)
     sizes = dict(max_seq_length=cfg.max_seq_length, doc_stride=cfg.doc_stride, max_query_length=cfg.max_query_length)
-    dev = DevSet(dev_examples, build_features(dev_examples, tokenizer, **sizes, progress=True), dev_dataset)
+    dev = DevSet(dev_examples, build_features(dev_examples, tokenizer, **sizes, progress="dev features"), dev_dataset)
     return evaluate(model, dev, rt, tokenizer.pad_token_id, output_dir=out)
 
 
 def demo_tokenizer(examples):
     """A WordPiece vocabulary for the demo, built from the sample's own text: every character (as a word's
-    first piece and as a ##continuation), then every word, most frequent first.
-
-    Not tokenizers' WordPiece trainer: it breaks ties between equally frequent pairs in hash-map order,
-    which changes from process to process, and the demo's processes (torchrun, --resume, the tests that
-    compare runs) must all get the same vocabulary. Words are split exactly as the tokenizer will split
-    them, by the `tokenizers` BERT normalizer and pre-tokenizer.
-    """
+    first piece and as a ##continuation), then every word, most frequent first. Not tokenizers' WordPiece trainer:
+    it breaks ties in hash-map order, which changes from process to process, and the demo's processes (torchrun,
+    --resume, the tests that compare runs) must all get the same vocabulary."""
     from tokenizers import normalizers, pre_tokenizers
 
     normalize, split = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
@@ -221,42 +219,49 @@ def demo_tokenizer(examples):
 
 
 class RunDir:
-    """--output-dir: another run's files are refused (unless --overwrite or --resume), cleared for a new
-    run; once the run's run_config.json is written, Ctrl-C can say how to resume it."""
+    """--output-dir: one run's at a time (its .lock); another run's files are refused (unless --overwrite or
+    --resume), cleared for a new run; once run_config.json is written, Ctrl-C can say how to resume it."""
 
     def __init__(self, cfg):
-        self.path = Path(cfg.output_dir)
-        self.resumable = bool(cfg.resume)
+        self.path, self.lock_file, self.resumable = Path(cfg.output_dir), None, bool(cfg.resume)
         self.overwrite, self.demo, self.resume = cfg.overwrite, cfg.demo, cfg.resume
 
-    def check(self):
+    def check(self, rank=0):
         out = self.path
-        if self.resume or not out.exists():
-            return
-        if not out.is_dir():
+        if out.exists() and not out.is_dir():
             raise TrainingError(f"--output-dir {out}: exists and is not a directory")
+        if rank == 0 and out.is_dir():
+            self.lock()  # first: a run at work in it is what to report
         present = [name for name in RUN_FILES if (out / name).exists()]
-        if not present or self.overwrite:
+        if self.resume or self.overwrite or not present:
             return
-        if self.demo and (out / "run_config.json").is_file():  # re-running the demo replaces the demo
-            try:
-                if read_json_object(out / "run_config.json").get("args", {}).get("demo") is True:
-                    return
-            except (ValueError, AttributeError):
-                pass
+        with contextlib.suppress(ValueError, AttributeError):  # re-running the demo replaces the demo
+            if self.demo and read_json_object(out / "run_config.json").get("args", {}).get("demo") is True:
+                return
         raise TrainingError(f"--output-dir {out} holds another run ({', '.join(present)}); "
                             "use --resume to continue it, --overwrite to replace it, or another --output-dir")
 
+    def lock(self):
+        """Hold .lock in the output dir for the run's life (close() lets go): a second run there is refused,
+        not interleaved with this one. The kernel drops an flock with its process, even on kill -9."""
+        if self.lock_file is None:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.lock_file, holder = lock_file(self.path / ".lock")
+            if holder:
+                raise TrainingError(f"--output-dir {self.path} is in use by another run (process {holder}); wait "
+                                    "for it to end, or use another --output-dir")
+
+    def close(self):
+        if self.lock_file:
+            self.lock_file.close()  # lets go of the lock
+
     def start(self, cfg, tokenizer, source, rt):
-        """A new run: remove a previous run's files (only the names a run writes), then write its own."""
-        for name in RUN_FILES:
-            path = self.path / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-        self.path.mkdir(parents=True, exist_ok=True)
-        tokenizer.save(self.path)  # first: run_config.json marks a run that --resume can continue
+        """A run from its start: remove a previous run's files (the names a run writes; run_config.json last)
+        and a killed run's leftovers, write run_config.json (from then on --resume continues it), the tokenizer."""
+        self.lock()
+        if cfg.resume:
+            logger.warning("no checkpoint in %s: starting the run over", self.path / "checkpoints")
+        self.remove(RUN_FILES[1:])
         saved = {f.name: getattr(cfg, f.name) for f in SAVED}
         # The files actually used, as absolute paths: a --resume from another directory reads the same ones.
         saved.update(train_file=str(Path(cfg.train_file).resolve()), dev_file=str(Path(cfg.dev_file).resolve()))
@@ -265,11 +270,23 @@ class RunDir:
         write_json(self.path / "run_config.json", {"args": saved, "world_size": rt.world_size,
                                                    "precision": rt.precision, "device": str(rt.device)})
         self.resumable = True
+        tokenizer.save(self.path)
 
     def continue_from(self, checkpoint):
-        if checkpoint is None:
-            logger.warning("no checkpoint in %s: starting the run over", self.path / "checkpoints")
-        truncate_log(self.path / "log.jsonl", int(checkpoint.name[len("step-"):]) if checkpoint else 0)
+        self.remove()
+        truncate_log(self.path / "log.jsonl", int(checkpoint.name[len("step-"):]))
+
+    def remove(self, names=()):
+        """Remove `names`, and the hidden temporary files a killed run leaves (as large as the model): atomic_write's
+        .NAME.XXXXXXXX.tmp beside a run's file, checkpoint.py's checkpoints/.step-N.tmp. A user's own files stay."""
+        ours = re.compile(rf"\.({'|'.join(map(re.escape, RUN_FILES))})\.\w{{8}}\.tmp|checkpoints/\.step-\d+\.tmp")
+        leftovers = [path for path in (*self.path.glob(".*.tmp"), *self.path.glob("checkpoints/.*.tmp"))
+                     if ours.fullmatch(path.relative_to(self.path).as_posix())]
+        for path in (*(self.path / name for name in names), *leftovers):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
     def resume_hint(self):
         """How to continue an interrupted run, once its run_config.json is written (before that, one found in

@@ -17,10 +17,12 @@ import sys
 import typing
 from pathlib import Path
 
+import torch
+
 from minispan.download import DownloadError
 from minispan.files import read_json_object
 from minispan.loop import TrainConfig
-from minispan.run import DEMO, SAVED, RunDir, evaluate_only, train
+from minispan.run import DEMO, PREDICTION_FILES, RUN_FILES, SAVED, RunDir, evaluate_only, train
 from minispan.runtime import TrainingError
 
 # What a --resume may change: where and how fast it runs, never what it computes.
@@ -30,6 +32,12 @@ PRECISIONS = ("bf16", "fp16", "fp32")
 # null threshold 0 are postprocess's defaults), and the flags it takes.
 EVAL_ONLY = dict(max_seq_length=384, doc_stride=128, max_query_length=64, precision="fp32")
 EVAL_FLAGS = {"model", "dev_file", "output_dir", "limit", "device", "precision", *EVAL_ONLY}
+# Each integer flag's range: past any real run's, short of what cannot be built (torch takes the seed as a
+# 64-bit integer; run.MAX_PLAN bounds epochs x features); --max-seq-length is also bounded by the model's positions.
+INT_FLAGS = dict(epochs=(1, 10**7), batch_size=(1, 10**6), per_device_batch_size=(1, 10**6),
+                 max_seq_length=(1, 10**6), doc_stride=(1, 10**6), max_query_length=(1, 10**6), save_every=(0, 10**9),
+                 log_every=(1, 10**9), limit=(1, 10**9), seed=(0, 2**63 - 1))
+GENERIC = ("model", "checkpoint", "weights", "final", "output")  # folder names that say nothing: see --output-dir
 
 
 def build_parser():
@@ -40,7 +48,9 @@ def build_parser():
                                    f"a Hugging Face Hub id owner/name (default {d.model})")
     p.add_argument("--train-file", help="SQuAD 2.0 training JSON (default data/train-v2.0.json, downloaded)")
     p.add_argument("--dev-file", help="SQuAD 2.0 dev JSON to predict and score (default data/dev-v2.0.json)")
-    p.add_argument("--output-dir", help="where the run writes (default runs/<model name>)")
+    p.add_argument("--output-dir", help="where the run writes (default runs/ and the model's name: a Hub id's, a "
+                   f"folder's, with its parent's for folders named {', '.join(GENERIC)}: .../minilm/model gives "
+                   "runs/minilm-model)")
     p.add_argument("--epochs", type=int, help=f"passes over the training set (default {d.epochs})")
     p.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
     p.add_argument("--batch-size", type=int, help=f"global batch: features per optimizer step (default {d.batch_size})")
@@ -102,7 +112,10 @@ def parse_args(argv=None):
             raise TrainingError("--demo trains its own tiny model from scratch; it takes no --model")
         values = {**(DEMO if flags.get("demo") else {}), **flags}
     if "output_dir" not in values:
-        values["output_dir"] = str(Path("runs") / Path(values.get("model", TrainConfig.model)).name)
+        model = Path(values.get("model", TrainConfig.model))  # a folder, or a Hub id: its name
+        model = model.resolve() if model.is_dir() else model  # "." has a name too
+        generic = model.name in GENERIC and model.is_dir()
+        values["output_dir"] = str(Path("runs") / (f"{model.parent.name}-{model.name}" if generic else model.name))
     cfg = TrainConfig(**values, resume=resume, overwrite=overwrite, eval_only=eval_only)
     check_config(cfg)
     return cfg
@@ -128,19 +141,21 @@ def check_config(cfg):
     for name in ("lr", "weight_decay", "max_grad_norm", "warmup_ratio"):  # argparse's float() takes nan and inf
         if not math.isfinite(getattr(cfg, name)):
             raise TrainingError(f"{flag(name)} must be a finite number, got {getattr(cfg, name)}")
-    for name in ("epochs", "lr", "batch_size", "max_seq_length", "doc_stride", "max_query_length", "log_every"):
-        if not getattr(cfg, name) > 0:
-            raise TrainingError(f"{flag(name)} must be > 0, got {getattr(cfg, name)}")
-    for name in ("weight_decay", "max_grad_norm", "save_every"):
+    for name, (low, high) in INT_FLAGS.items():
+        value = getattr(cfg, name)
+        if value is not None and value < low:
+            raise TrainingError(f"{flag(name)} must be {'> 0' if low else '>= 0'}, got {value}")
+        if value is not None and value > high:
+            raise TrainingError(f"{flag(name)} must be at most {high:,}, got {value}")
+    if not cfg.lr > 0:
+        raise TrainingError(f"--lr must be > 0, got {cfg.lr}")
+    for name in ("weight_decay", "max_grad_norm"):
         if getattr(cfg, name) < 0:
             raise TrainingError(f"{flag(name)} must be >= 0, got {getattr(cfg, name)}")
     if not 0 <= cfg.warmup_ratio <= 1:
         raise TrainingError(f"--warmup-ratio must be between 0 and 1, got {cfg.warmup_ratio}")
     if cfg.dropout is not None and not 0 <= cfg.dropout < 1:
         raise TrainingError(f"--dropout must be in [0, 1), got {cfg.dropout}")
-    for name in ("limit", "per_device_batch_size"):
-        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
-            raise TrainingError(f"{flag(name)} must be >= 1, got {getattr(cfg, name)}")
 
 
 def read_run_config(output_dir):
@@ -168,10 +183,13 @@ def read_run_config(output_dir):
 
 def main(argv=None):
     cfg = run_dir = None
+    threads = torch.get_num_threads()
     try:
         cfg = parse_args(argv)
         logging.basicConfig(level=logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING,
                             format="%(message)s")
+        if cfg.demo and "OMP_NUM_THREADS" not in os.environ:  # a tiny model: more threads only wait for each other
+            torch.set_num_threads(1)  # (on a busy 2-core machine, the demo took 272 s with torch's default, 12 s)
         run_dir = RunDir(cfg)
         metrics = evaluate_only(cfg) if cfg.eval_only else train(cfg, run_dir)
     except (TrainingError, ValueError, OSError, DownloadError) as e:  # bad input: one line, no traceback
@@ -181,8 +199,14 @@ def main(argv=None):
         if os.environ.get("RANK", "0") == "0":  # once, under torchrun too
             print("\ninterrupted" + (run_dir.resume_hint() if run_dir else ""), file=sys.stderr)
         return 130
+    finally:  # main() is also called in-process (tests): leave the process as it was
+        torch.set_num_threads(threads)
+        if run_dir:
+            run_dir.close()
     if metrics is not None:
+        out = Path(cfg.output_dir)
+        written = [f"{name}/" if (out / name).is_dir() else name
+                   for name in (PREDICTION_FILES if cfg.eval_only else RUN_FILES) if (out / name).exists()]
         print(json.dumps(metrics, indent=2))
-        print(f"wrote {'' if cfg.eval_only else 'the model, '}predictions.json, null_odds.json and eval_results.json "
-              f"to {cfg.output_dir}")
+        print(f"wrote {len(written)} files to {out}: {', '.join(written)}")
     return 0

@@ -1,5 +1,6 @@
 """minispan.pipeline and `python -m minispan.answer`, against transformers 4.46's question-answering pipeline."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from minispan import BertConfig, BertForQuestionAnswering, save_model
+from minispan import BertConfig, BertForQuestionAnswering, load_model, save_model
 from minispan.answer import main as answer_main
 from minispan.features import build_features, make_batch
 from minispan.answer import pipeline
@@ -239,6 +240,37 @@ def test_answer_command_line(tiny_dir, tmp_path, capsys):
          str(tmp_path / "nothing.txt")], capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "nothing.txt" in result.stderr
+
+
+def test_a_broken_checkpoint_or_text_is_one_line_and_the_cli_prints_only_json(tiny_dir, tmp_path, capsys):
+    """A vocabulary longer than the embeddings (else an IndexError at the first question using such a token),
+    NaN weights (else [] or a bare NaN score, which is not JSON) and text with bytes that are not UTF-8 (Python
+    decodes argv to lone surrogates; the tokenizer then fails with a TypeError) each fail in one line."""
+    big = tmp_path / "big_vocab"
+    shutil.copytree(tiny_dir, big)
+    rows = (tiny_dir / "vocab.txt").read_text().count("\n")
+    with open(big / "vocab.txt", "a") as f:
+        f.write("".join(f"extra{i}\n" for i in range(10)))
+    with pytest.raises(ValueError, match=re.escape(f"{big}: a vocabulary of {rows + 10} tokens, more than the "
+                                                   f"{rows} embeddings of the model in {big}")):
+        pipeline(big)
+
+    nan = tmp_path / "nan"
+    shutil.copytree(tiny_dir, nan)
+    model = load_model(nan)
+    with torch.no_grad():
+        model.qa_outputs.weight.fill_(float("nan"))
+    save_model(model, nan)
+    message = "the model's outputs are not finite (NaN or inf): its weights are, or overflow its dtype"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        pipeline(nan)(question="Who did Ann meet?", context=CONTEXT)
+    assert answer_main(["--model", str(nan), "--question", "Who did Ann meet?", "--context", CONTEXT]) == 2
+    assert capsys.readouterr() == ("", f"error: {message}\n")
+
+    with pytest.raises(ValueError, match="input 0: question is not valid text: a lone surrogate at character 3"):
+        pipeline(tiny_dir)(question="Who\udcff?", context=CONTEXT)
+    assert answer_main(["--model", str(tiny_dir), "--question", "Who?", "--context", "Ann met \udce9."]) == 2
+    assert capsys.readouterr() == ("", "error: input 0: context is not valid text: a lone surrogate at character 8\n")
 
 
 # ---- the arguments code written for transformers 4.x passes (issue 17) -----------------------------------------------

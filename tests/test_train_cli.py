@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from minispan.evaluate_cli import main as evaluate_main
-from minispan.train_cli import main
+from minispan.train_cli import main, parse_args
 from minispan.weights import load_state_dict_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +52,10 @@ def test_demo_writes_a_loadable_model_and_the_official_metrics(tmp_path, sample_
     metrics = json.loads((out / "eval_results.json").read_text())
     assert list(metrics) == OFFICIAL_KEYS
     assert json.loads(result.stdout[:result.stdout.rindex("}") + 1]) == metrics  # printed too
+    assert "train features: 100%" in result.stderr and "dev features: 100%" in result.stderr  # which bar is which
+    assert result.stdout.endswith(f"wrote 11 files to {out}: run_config.json, log.jsonl, checkpoints/, config.json, "
+                                  "model.safetensors, vocab.txt, tokenizer_config.json, predictions.json, "
+                                  "null_odds.json, span_predictions.json, eval_results.json\n")  # all it wrote
     questions = json.loads((out / "predictions.json").read_text())
     assert metrics["total"] == len(questions) == 45
     assert set(json.loads((out / "null_odds.json").read_text())) == set(questions)
@@ -165,6 +169,24 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
         assert capsys.readouterr().err.strip() == said
 
 
+def test_a_run_stopped_before_its_first_checkpoint_starts_over_on_resume(tmp_path, monkeypatch, capsys, caplog):
+    """run_config.json is the first file a run writes: stopped at any point after it (here while saving its
+    tokenizer), the folder holds a run that --resume starts over, not a half run that nothing accepts."""
+    from minispan.tokenizer import WordPieceTokenizer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(WordPieceTokenizer, "save", interrupted)
+        assert main(["--demo", "--epochs", "1", "--output-dir", str(out)]) == 130
+    assert capsys.readouterr().err.endswith(f"--resume {out} (no checkpoint yet: it starts again from step 0)\n")
+    assert main(["--resume", str(out)]) == 0
+    assert f"no checkpoint in {out / 'checkpoints'}: starting the run over" in caplog.text
+    assert (out / "vocab.txt").is_file() and json.loads((out / "eval_results.json").read_text())["total"] == 45
+
+
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
     flags = ["--demo", "--epochs", "8", "--log-every", "4"]  # 48 steps
     whole, killed = tmp_path / "whole", tmp_path / "killed"
@@ -179,12 +201,26 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
     while not (log.exists() and '"step": 8,' in log.read_text()) and process.poll() is None \
             and time.time() < deadline:
         time.sleep(0.01)
+    # Meanwhile, a second run in its folder (a resume, or a new run over it) is refused, naming the process.
+    for second in (["--resume", killed], ["--demo", "--overwrite", "--output-dir", killed]):
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            assert main([*map(str, second)]) == 2
+        assert err.getvalue().endswith(f"error: --output-dir {killed} is in use by another run (process "
+                                       f"{process.pid}); wait for it to end, or use another --output-dir\n")
     os.kill(process.pid, signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL  # killed mid-run, not finished
     assert not (killed / "model.safetensors").exists()
+    # What a kill can leave half-written (a model-sized temporary file, a checkpoint folder being filled) is
+    # removed by the next run there; a user's own hidden files are not. The lock died with its process.
+    ours = [".model.safetensors.k2x_9abc.tmp", ".predictions.json.abcdefgh.tmp", "checkpoints/.step-12.tmp"]
+    theirs = [".notes.tmp", ".mine.json.abcdefgh.tmp"]
+    (killed / ours[-1]).mkdir(exist_ok=True)
+    for name in (ours[-1] + "/model.safetensors", *ours[:-1], *theirs):
+        (killed / name).write_bytes(b"x")
 
     result = train_py("--resume", killed)
     assert "resuming from" in result.stderr
+    assert [name for name in ours + theirs if (killed / name).exists()] == theirs
     resumed = weights(killed)
     for name, tensor in weights(whole).items():
         assert torch.equal(tensor, resumed[name]), name  # bit for bit
@@ -280,6 +316,12 @@ def test_bad_input_is_one_clear_line_and_overwrites_nothing(tmp_path, sample_pat
           expect="--model spanbert-huge: not a directory, and not a known model")
     fails("--demo", "--model", "x", expect="takes no --model")
     fails("--demo", "--batch-size", "0", expect="--batch-size must be > 0")
+    # Past what any run takes: named, not torch's "Overflow when unpacking long long", nor a plan that never ends.
+    fails("--demo", "--seed", str(2**70), expect=f"--seed must be at most 9,223,372,036,854,775,807, got {2**70}")
+    fails("--demo", "--epochs", "1000000000", expect="--epochs must be at most 10,000,000, got 1000000000")
+    assert main(["--demo", "--epochs", "1000000", "--output-dir", str(out)]) == 2  # known once the features are
+    assert capsys.readouterr().err.splitlines()[-1] == ("error: --epochs 1000000: 1,000,000 x 45 training features "
+                                                       "is more than the 10,000,000 a run can plan; use fewer epochs")
     for flag in ("--lr", "--weight-decay", "--max-grad-norm"):
         for value in ("nan", "inf"):
             fails("--demo", flag, value, expect=f"{flag} must be a finite number, got {value}")
@@ -403,7 +445,8 @@ def test_eval_only_scores_the_dev_file_and_writes_only_the_predictions(tmp_path,
     assert {p.name: p.read_bytes() for p in model.iterdir() if p.name in before} == before
     assert sorted(set(p.name for p in model.iterdir()) - set(before)) == [
         "eval_results.json", "null_odds.json", "predictions.json", "span_predictions.json"]
-    assert "wrote predictions.json, null_odds.json and eval_results.json" in capsys.readouterr().out
+    assert capsys.readouterr().out.endswith(f"wrote 4 files to {model}: predictions.json, null_odds.json, "
+                                            "span_predictions.json, eval_results.json\n")
     assert main([*map(str, args)]) == 2  # its predictions are there now: replaced only with --overwrite
     assert "holds predictions: use --overwrite" in capsys.readouterr().err
     run_main(*args, "--overwrite")
@@ -441,3 +484,30 @@ def test_eval_only_matches_the_legacy_run_squad_evaluation(tmp_path, minilm_dir,
     assert r["same"] >= 0.999 and r["gap"] <= 0.05 and r["odds"] < 1e-3, r
     # The best non-null spans too: any difference is one of legacy's known quirks (bench.legacy_quirks).
     assert bench.legacy_quirks(r["spans"]) == list(r["spans"]), r["spans"]
+
+
+def test_the_default_output_dir_is_named_after_the_model(tmp_path, monkeypatch):
+    """runs/ and the model's name; a folder with a name that says nothing (.../model) gets its parent's too."""
+    (tmp_path / "minilm" / "model").mkdir(parents=True)
+    (tmp_path / "minilm-v2").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for model, out in (("minilm/model", "runs/minilm-model"), ("minilm-v2", "runs/minilm-v2"),
+                       (".", f"runs/{tmp_path.name}"), ("owner/checkpoint", "runs/checkpoint")):  # a Hub id
+        assert parse_args(["--model", model]).output_dir == str(Path(out)), model
+
+
+def test_the_demo_runs_on_one_thread_unless_omp_num_threads_says(tmp_path, monkeypatch):
+    """A tiny model: on a busy 2-core machine the demo took 272 s with torch's default threads, 12 s on one."""
+    import minispan.train_cli
+
+    seen, threads = [], torch.get_num_threads()
+    monkeypatch.setattr(minispan.train_cli, "train", lambda cfg, run_dir: seen.append(torch.get_num_threads()))
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert main(["--demo", "--output-dir", str(tmp_path / "a")]) == 0
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's choice stands
+        assert main(["--demo", "--output-dir", str(tmp_path / "b")]) == 0
+        assert seen == [1, 2] and torch.get_num_threads() == 2  # and main() leaves the process as it was
+    finally:
+        torch.set_num_threads(threads)
