@@ -165,7 +165,7 @@ def train_loop_seconds(log, batch_size):
 
 def dev_dataset(path, examples):
     """The file's `data` list holding only these questions, as the official evaluation takes it (what
-    minispan.run.read_data gives train.py's evaluation)."""
+    minispan.run.read_dev gives train.py's evaluation)."""
     keep = {example.id for example in examples}
     data = read_json(path)["data"]
     return [dict(article, paragraphs=[dict(p, qas=[q for q in p["qas"] if q["id"] in keep])

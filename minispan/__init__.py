@@ -16,16 +16,10 @@ __version__ = "0.1.0"
 
 # The public names and the module each lives in. They are imported on first use (PEP 562), so that
 # `python evaluate.py`, which needs only json and numpy, does not spend seconds importing torch.
-_EXPORTS = {
-    "Answer": "squad", "Example": "squad", "SquadFormatError": "squad", "read_squad": "squad",
-    "BertConfig": "config",
-    "BertModel": "model", "BertForQuestionAnswering": "model",
-    "load_model": "weights", "save_model": "weights",
-    "load_tokenizer": "tokenizer",
-    "Feature": "features", "build_features": "features",
-    "postprocess": "postprocess",
-    "pipeline": "answer",
-}
+_EXPORTS = {"Answer": "squad", "Example": "squad", "SquadFormatError": "squad", "read_squad": "squad",
+            "BertConfig": "config", "BertModel": "model", "BertForQuestionAnswering": "model", "load_model": "weights",
+            "save_model": "weights", "load_tokenizer": "tokenizer", "Feature": "features", "build_features": "features",
+            "postprocess": "postprocess", "pipeline": "answer"}
 __all__ = list(_EXPORTS)
 
 

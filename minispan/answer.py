@@ -7,18 +7,16 @@ As on the SpanBERT model card, with a model on the Hugging Face Hub or one that 
     qa({"question": "Who wrote it?", "context": "It was written by Ann."})
     # {'score': 0.93, 'start': 18, 'end': 21, 'answer': 'Ann'}
 
-Answers, offsets and scores follow the transformers 4.x question-answering pipeline, so users of that card
-get the same output. Its conventions differ from the SQuAD evaluation path (features.py, postprocess.py):
+Answers, offsets and scores follow the transformers 4.x question-answering pipeline, so users of that card get the
+same output. Its conventions differ from the SQuAD evaluation path (features.py, postprocess.py):
 - doc_stride is the OVERLAP between windows (there it is the step);
-- a span's score is a probability: softmax over the window's start logits times softmax over its end
-  logits, with question and special tokens masked out ([CLS] stays in, it is the null answer);
+- a span's score is a probability: softmax over the window's start logits times softmax over its end logits,
+  with question and special tokens masked out ([CLS] stays in, it is the null answer);
 - every window proposes its own best spans (no max-context rule), and the best top_k over all windows win;
 - with align_to_words, the answer grows to whole words (a span ending on "1990" of "1990s" ends after "s");
-- the null answer "" (score: the smallest [CLS] probability over the windows) competes only when
-  handle_impossible_answer=True.
+- the null answer "" (the smallest [CLS] probability over the windows) competes only if handle_impossible_answer.
 
 Its command line prints the answer as JSON (the module is not pipeline.py, which would hide the function):
-
     python -m minispan.answer --model mrm8488/spanbert-finetuned-squadv2 --question "Who wrote it?" --context "..."
 """
 import argparse
@@ -56,11 +54,9 @@ class QuestionAnsweringPipeline:
 
     def __call__(self, inputs=None, *, question=None, context=None, **options):
         """qa({"question": q, "context": c}) or qa(question=q, context=c) -> {"score", "start", "end", "answer"}.
-        A list of questions (or of dicts) gives a list of results. With top_k > 1 a result is a list of up to
-        top_k answers, best first (a single dict when only one answer exists, as in transformers).
-        max_question_len truncates the question to that many tokens; by default it is not truncated, as in
-        transformers' pipeline with a fast tokenizer (which accepts max_question_len but ignores it).
-        """
+        A list of questions (or of dicts) gives a list of results. With top_k > 1 a result is a list of up to top_k
+        answers, best first (a single dict when only one answer exists, as in transformers). max_question_len
+        truncates the question; by default it is not, as in 4.x with a fast tokenizer (which ignores the option)."""
         examples, is_list = parse_inputs(inputs, question, context)
         o = {**OPTIONS, **self.options, **check_arguments(options, call=True)}
         features = self.windows(examples, o)
@@ -107,9 +103,8 @@ class QuestionAnsweringPipeline:
 
     @torch.inference_mode()
     def logits(self, features, batch_size):
-        """Run the model over all windows; unpadded float64 numpy start and end logits per window. Windows of
-        equal length share a batch, so there is no padding at all: a question's windows are all full but the
-        last, and a CPU spends no time on padding tokens."""
+        """Unpadded float64 numpy start and end logits per window. Windows of equal length share a batch, so there
+        is no padding at all: a question's windows are all full but the last."""
         start_logits, end_logits = [None] * len(features), [None] * len(features)
         by_length = defaultdict(list)
         for i, feature in enumerate(features):
@@ -127,19 +122,20 @@ class QuestionAnsweringPipeline:
         return start_logits, end_logits
 
 
+def window_probabilities(feature, start_logits, end_logits):
+    """(start, end) probabilities of one window's tokens, (L,) each: question and special tokens masked out."""
+    allowed = np.array([o is not None for o in feature.offsets])
+    allowed[0] = True  # [CLS]: the null answer
+    return tuple(softmax(np.where(allowed, logits, -np.inf)) for logits in (start_logits, end_logits))
+
+
 def window_answers(feature, start_logits, end_logits, top_k, max_answer_len, word_ids=None):
     """The top_k spans of one window as (score, char start, char end), best first, and its null score."""
-    in_context = np.array([o is not None for o in feature.offsets])
-    allowed = in_context | (np.arange(len(in_context)) == 0)  # and [CLS]: the null answer
-    p_start = softmax(np.where(allowed, start_logits, -np.inf))
-    p_end = softmax(np.where(allowed, end_logits, -np.inf))
+    p_start, p_end = window_probabilities(feature, start_logits, end_logits)
     null = float(p_start[0] * p_end[0])
 
-    # Score every span of context tokens at once: an outer product, keeping end >= start and
-    # at most max_answer_len tokens (a band of the upper triangle).
-    context = np.nonzero(in_context)[0]
-    if len(context) == 0:
-        return [], null
+    # Every span of context tokens at once: an outer product, banded to end >= start and <= max_answer_len tokens.
+    context = np.flatnonzero([o is not None for o in feature.offsets])
     scores = np.triu(np.tril(np.outer(p_start[context], p_end[context]), max_answer_len - 1))
     flat = scores.ravel()
     k = min(top_k, flat.size)
@@ -178,13 +174,14 @@ def parse_inputs(inputs, question, context):
         if question is not None or context is not None:
             raise ValueError("pass either a dict (or list of dicts) or question=/context=, not both")
         is_list = isinstance(inputs, (list, tuple))
-        for n, item in enumerate(inputs if is_list else [inputs]):
+        items = inputs if is_list else [inputs]
+        for n, item in enumerate(items):
             if not isinstance(item, dict):
                 raise ValueError(f"input {n}: expected a dict with keys 'question' and 'context', "
                                  f"got {type(item).__name__}")
             if missing := [key for key in ("question", "context") if key not in item]:
                 raise ValueError(f"input {n}: the dict has no {' and no '.join(map(repr, missing))}")
-        pairs = [(item["question"], item["context"]) for item in (inputs if is_list else [inputs])]
+        pairs = [(item["question"], item["context"]) for item in items]
     elif question is not None and context is not None:
         is_list = isinstance(question, (list, tuple))
         if is_list and isinstance(context, (list, tuple)):
@@ -272,8 +269,7 @@ def main(argv=None):
     parser.add_argument("--doc-stride", type=int, help="tokens shared by neighbouring windows (default the smaller "
                         "of 128 and half of --max-seq-len)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: cpu)")
-    parser.add_argument("--explain", metavar="PAGE.html", help="also write a page showing why: the windows, each "
-                        "token's start and end probability, the best spans, the null score (minispan/explain.py)")
+    parser.add_argument("--explain", metavar="PAGE.html", help="also write an HTML page explaining the answer")
     args = parser.parse_args(argv)
 
     try:

@@ -11,13 +11,10 @@ RATIO = 4  # an archive may unpack to 4x its size (at least 1 MiB): weights bare
 
 
 def extract_tarball(archive, directory, *, max_bytes=None):
-    """Extract `archive` into `directory`, which must not exist (a link placed in it could send a member
-    elsewhere). The archive is refused whole, before anything is written, if a member is a link, a device,
-    a sparse or any other special file, has an absolute path or would land outside `directory`, or if its
-    members and their 512-byte headers (millions of empty files are a bomb too) take more than `max_bytes`
-    (default: RATIO times the archive's size). A failure later (corrupt data, a bad checksum, a name the
-    file system refuses) leaves no `directory` behind.
-    """
+    """Extract `archive` into `directory`, which must not exist (a link placed in it could send a member elsewhere).
+    The archive is refused whole, before anything is written, if a member is refused (_check_member) or if its
+    members and their 512-byte headers (millions of empty files are a bomb too) take more than `max_bytes` (default:
+    RATIO times the archive's size). A later failure (corrupt data, a name refused) leaves no `directory` behind."""
     if os.path.lexists(directory):
         raise DownloadError(f"{directory}: already exists; delete it to extract {archive} there")
     directory, made, total = Path(directory).resolve(), False, 0
@@ -46,25 +43,22 @@ def extract_tarball(archive, directory, *, max_bytes=None):
 
 
 def _extract_member(tar, member, path):
-    if member.isdir():
-        path.mkdir(parents=True, exist_ok=True)
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tar.extractfile(member) as src, open(path, "xb") as dst:  # "x": never through what is already there
-        left = member.size
-        while left and (piece := src.read(min(CHUNK, left))):  # no more than the member declares
-            left -= dst.write(piece)
+    (path if member.isdir() else path.parent).mkdir(parents=True, exist_ok=True)
+    if member.isfile():
+        with tar.extractfile(member) as src, open(path, "xb") as dst:  # "x": never through what is already there
+            left = member.size
+            while left and (piece := src.read(min(CHUNK, left))):  # no more than the member declares
+                left -= dst.write(piece)
 
 
 def _check_member(member, directory, archive):
-    name = member.name
-    if member.issparse() or member.type == tarfile.GNUTYPE_SPARSE:  # 500 bytes can declare 20 GiB of holes
-        raise DownloadError(f"{archive}: refusing member {name!r}: sparse files are not extracted")
-    if not (member.isfile() or member.isdir()):
-        raise DownloadError(f"{archive}: refusing member {name!r}: links, devices and other special "
-                            f"files are not extracted")
-    if name.startswith(("/", "\\")) or os.path.isabs(name):
-        raise DownloadError(f"{archive}: refusing member {name!r}: absolute path")
-    inside = (directory / name).resolve()
-    if ".." in PurePosixPath(name).parts or (inside != directory and directory not in inside.parents):
-        raise DownloadError(f"{archive}: refusing member {name!r}: path leaves the extraction folder")
+    name, inside = member.name, (directory / member.name).resolve()
+    for refused, why in (
+            (member.issparse() or member.type == tarfile.GNUTYPE_SPARSE,  # 500 bytes can declare 20 GiB of holes
+             "sparse files are not extracted"),
+            (not (member.isfile() or member.isdir()), "links, devices and other special files are not extracted"),
+            (name.startswith(("/", "\\")) or os.path.isabs(name), "absolute path"),
+            (".." in PurePosixPath(name).parts or (inside != directory and directory not in inside.parents),
+             "path leaves the extraction folder")):
+        if refused:
+            raise DownloadError(f"{archive}: refusing member {name!r}: {why}")

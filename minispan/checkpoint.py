@@ -4,10 +4,11 @@
                            trainer_state.pt                 the step, AdamW's moments, the schedule, the fp16 loss
                                                             scale, each process's random-number states and loss sums
 
-A checkpoint is written under a temporary name and renamed when complete, so a run killed at any moment
-leaves the previous checkpoint or the new one, never half of one. Only the newest is kept. The data order
-is a function of the seed and the epoch (loop.batch_plan), so a resumed run recomputes it and skips ahead.
+Written under a temporary name and renamed when complete: a run killed at any moment leaves the previous checkpoint
+or the new one, never half of one. Only the newest is kept. The data order is a function of the seed and the epoch
+(loop.batch_plan): a resumed run recomputes it and skips ahead.
 """
+import contextlib
 import json
 import logging
 import os
@@ -26,27 +27,18 @@ logger = logging.getLogger("minispan")
 
 def latest_checkpoint(output_dir):
     """The newest complete checkpoints/step-N (temporary names start with '.', so they never match)."""
-    found = []
-    for path in (Path(output_dir) / "checkpoints").glob("step-*"):
-        step = path.name[len("step-"):]
-        if step.isdigit() and (path / "trainer_state.pt").is_file():
-            found.append((int(step), path))
+    found = [(int(path.name[len("step-"):]), path) for path in (Path(output_dir) / "checkpoints").glob("step-*")
+             if path.name[len("step-"):].isdigit() and (path / "trainer_state.pt").is_file()]
     return max(found)[1] if found else None
 
 
-def rng_state(device):
-    """This process's torch RNG states (dropout, head init) as tensors, so torch.load(weights_only) reads them."""
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
 def save_checkpoint(output_dir, model, opt, rt, progress):
-    """checkpoints/step-N/ for progress.step; the older checkpoints are then deleted. Every process calls
-    it (each draws its own dropout and sums its own loss: rank 0 stores all their RNG states and sums, so
-    that a resumed run's next log line is the uninterrupted run's); only rank 0 writes."""
-    gathered = [(rng_state(rt.device), progress.sums().cpu())] * rt.world_size  # then each process's own
+    """checkpoints/step-N/ for progress.step, then the older ones deleted. Every process calls it: rank 0 stores all
+    their RNG states (dropout) and loss sums, so a resumed run goes on as the uninterrupted one; only rank 0 writes."""
+    rng = {"cpu": torch.get_rng_state()}  # this process's RNG states (dropout), as tensors: torch.load(weights_only)
+    if rt.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(rt.device)
+    gathered = [(rng, progress.sums().cpu())] * rt.world_size  # then each process's own
     if rt.world_size > 1:
         torch.distributed.all_gather_object(gathered, gathered[0])
     if rt.rank != 0:
@@ -167,10 +159,8 @@ def truncate_log(log_file, step):
         return
     kept = []
     for line in log_file.read_text(encoding="utf-8").splitlines(keepends=True):
-        try:
+        with contextlib.suppress(ValueError, KeyError, TypeError):  # a line cut short by the kill
             if json.loads(line)["step"] <= step:
                 kept.append(line)
-        except (ValueError, KeyError, TypeError):  # a line cut short by the kill
-            pass
     with atomic_write(log_file) as f:
         f.writelines(kept)

@@ -1,8 +1,7 @@
 """BertConfig: the fields of a BERT config.json, with the names the checkpoints use.
 
-Defaults are SpanBERT-base (cased, so a 28996-piece vocabulary). A config.json written by
-transformers carries many more keys (architectures, model_type, use_cache, ...); we read the
-ones that shape the network and ignore the rest.
+Defaults are SpanBERT-base (cased, so a 28996-piece vocabulary). A config.json written by transformers carries many
+more keys (architectures, model_type, use_cache, ...); we read the ones that shape the network and ignore the rest.
 """
 import dataclasses
 from dataclasses import dataclass
@@ -30,10 +29,11 @@ class BertConfig:
     initializer_range: float = 0.02
     pad_token_id: int = 0  # its embedding row gets no gradient (nn.Embedding padding_idx), as in BERT
 
+    # These define the network's shape: a config.json without them cannot be guessed.
+    REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+
     def __post_init__(self):
-        sizes = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                 "max_position_embeddings", "type_vocab_size")
-        for name in sizes:
+        for name in self.REQUIRED + ("max_position_embeddings", "type_vocab_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.pad_token_id < self.vocab_size:
@@ -51,9 +51,6 @@ class BertConfig:
         if self.hidden_act != "gelu":
             raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported (expected 'gelu')")
 
-    # These define the network's shape: a config.json without them cannot be guessed.
-    REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-
     @classmethod
     def from_json(cls, path):
         """Read a config.json; extra keys are ignored, missing or mistyped fields are a ConfigError."""
@@ -70,12 +67,11 @@ class BertConfig:
                               "is not supported (expected 'absolute')")
         values = {}
         for f in dataclasses.fields(cls):
-            if f.name not in raw:
+            value = raw.get(f.name)
+            if f.name not in raw or (f.name == "pad_token_id" and value is None):  # some write null: keep BERT's 0
                 continue
-            value = raw[f.name]
-            if f.name == "pad_token_id" and value is None:
-                continue  # some configs write null: keep BERT's 0
-            if not _has_type(value, f.type):
+            # JSON true/false must not pass as 1/0 (bool is a subclass of int in Python)
+            if isinstance(value, bool) or not isinstance(value, (int, float) if f.type is float else f.type):
                 raise ConfigError(f"{path}: field {f.name} must be {f.type.__name__}, got {value!r}")
             values[f.name] = float(value) if f.type is float else value
         try:
@@ -87,11 +83,3 @@ class BertConfig:
         """Write config.json atomically, with the keys transformers needs to load it as a BERT QA model."""
         write_json(path, {"architectures": ["BertForQuestionAnswering"], "model_type": "bert",
                           **dataclasses.asdict(self)})
-
-
-def _has_type(value, expected):
-    if isinstance(value, bool):  # JSON true/false must not pass as 1/0
-        return False
-    if expected is float:
-        return isinstance(value, (int, float))
-    return isinstance(value, expected)

@@ -1,11 +1,10 @@
 """Downloads that no library serves: the official SQuAD 2.0 files (into data/), and the release tarball
 that SpanBERT's weights fall back to when the Hugging Face Hub fails (hub.py fetches them into models/).
 
-Every file here is fetched to NAME.part and renamed once complete, so an interrupted download is
-resumed with an HTTP Range request instead of restarted, and a half file is never taken for a
-whole one. A file over 4 GiB, larger than any of these, is refused. Nothing is used before it is
-validated. Offline, the error says what to fetch from where and where to put it. A server's text
-goes into a message through printable(): it may hold escape sequences that drive the terminal.
+Every file here is fetched to NAME.part and renamed once complete, so an interrupted download is resumed with an
+HTTP Range request instead of restarted, and a half file is never taken for a whole one. A file over 4 GiB, larger
+than any of these, is refused. Nothing is used before it is validated. Offline, the error says what to fetch from
+where and where to put it. A server's text goes into a message through printable(): escape sequences drive terminals.
 
     python -m minispan.download squad|spanbert-base-cased|spanbert-large-cased [--dest DIR] [--deadline S]
 """
@@ -13,6 +12,7 @@ import argparse
 import contextlib
 import http.client
 import os
+import re
 import sys
 import time
 import urllib.error
@@ -26,15 +26,12 @@ from minispan.files import read_json
 
 # MINISPAN_SQUAD_URL (or base_url=) points it elsewhere: at a mirror, or at the local server the tests run.
 SQUAD_URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset/"
-
 # Questions in the official files: a file with another count is not the one the numbers are for.
 SQUAD_QUESTIONS = {"train": 130_319, "dev": 11_873}
-
 CHUNK = 1 << 20
 READ = 64 << 10  # one read from the network; less than this in `timeout` seconds is a stalled transfer
 MAX_BYTES = 4 << 30  # per file: SpanBERT-large's tarball is 1.2 GB; a server sending more is not sending it
 DEADLINE = 3600  # seconds for a whole download, retries included (the command line's --deadline)
-USER_AGENT = "minispan-download"
 
 
 class DownloadError(RuntimeError):
@@ -55,17 +52,11 @@ def env_url(given, env_var, default):
     return url if url.endswith("/") else url + "/"
 
 
-# --- one file over HTTP, resumable ------------------------------------------------------------
-
 def download(url, dest, attempts=3, timeout=60, progress=True, max_bytes=MAX_BYTES, *, deadline=None):
-    """Fetch `url` into `dest` through `dest`.part; an interrupted transfer resumes where it stopped.
-
-    Connection refused, unknown host or an HTTP error status fail at once (retrying won't help); a
-    transfer cut midway or stalled is resumed up to `attempts` times, then the .part file is kept for
-    the next call, as it is `deadline` seconds (default DEADLINE) after the start. A file over
-    `max_bytes` is refused and removed, so a wrong server cannot fill the disk. A link at `dest` is
-    written through (the .part beside its target); a device, FIFO or folder there is refused.
-    """
+    """Fetch `url` into `dest` through `dest`.part. Connection refused, unknown host or an HTTP error status fail at
+    once (retrying won't help); a transfer cut or stalled is resumed up to `attempts` times, then the .part is kept
+    for the next call, as it is `deadline` seconds (default DEADLINE) after the start. A file over `max_bytes` is
+    refused and removed. A link at `dest` is written through; a device, FIFO or folder there is refused."""
     deadline = DEADLINE if deadline is None else deadline
     end, target = time.monotonic() + deadline, Path(os.path.realpath(dest))
     part = target.with_name(target.name + ".part")
@@ -92,8 +83,7 @@ def download(url, dest, attempts=3, timeout=60, progress=True, max_bytes=MAX_BYT
 
 @contextlib.contextmanager
 def new_folders(folder):
-    """mkdir -p folder; if the block fails, remove the folders this made that are still empty, so a failed
-    download leaves no trace (a kept .part file keeps its folder)."""
+    """mkdir -p folder; if the block fails, remove the folders it made that are still empty (a kept .part keeps its)."""
     created = [f for f in (folder, *folder.parents) if not f.exists()]  # innermost first
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -121,10 +111,10 @@ def _fetch(url, part, timeout, progress, max_bytes, end):
     """One request, appending to `part` what arrives until `end` (time.monotonic())."""
     offset, response = _open(url, part, timeout)
     with response:
-        offset, total, mode = _body_size(response, url, part, offset, max_bytes)
-        with open(part, mode) as f, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
-                                         unit_divisor=1024, desc=part.name[:-len(".part")],
-                                         disable=not progress) as bar:
+        offset, total = _body_size(response, url, part, offset, max_bytes)
+        with open(part, "ab" if offset else "wb") as f, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
+                                                             unit_divisor=1024, desc=part.name[:-len(".part")],
+                                                             disable=not progress) as bar:
             try:
                 for chunk in _chunks(response, timeout, end):
                     offset += len(chunk)
@@ -140,15 +130,14 @@ def _fetch(url, part, timeout, progress, max_bytes, end):
                     f.flush()
                     os.fsync(f.fileno())
     # urllib returns a short body without complaint when the server hangs up early.
-    size = part.stat().st_size
-    if total is not None and size != total:
+    if total is not None and (size := part.stat().st_size) != total:
         raise _Interrupted(f"got {size:,} of {total:,} bytes")
 
 
 def _open(url, part, timeout):
     """(offset, response): the request for the rest of `part`, with the errors that retrying won't fix."""
     offset = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    request = urllib.request.Request(url, headers={"User-Agent": "minispan-download"})
     if offset:
         request.add_header("Range", f"bytes={offset}-")
     try:
@@ -163,32 +152,30 @@ def _open(url, part, timeout):
 
 
 def _body_size(response, url, part, offset, max_bytes):
-    """(offset, total, mode): where the body goes in `part`, and the whole file's size (None: unknown)."""
+    """(offset, total): where the body goes in `part`, and the whole file's size (None: unknown)."""
     if response.status == 206:  # a part of the file (even unasked): the whole file's size is in Content-Range
-        start, total = _content_range(response.headers.get("Content-Range"))
-        if start != offset:  # not the bytes we asked for: start over on the next attempt
+        header = response.headers.get("Content-Range")
+        match = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", header or "")
+        if not match or int(match[1]) != offset:  # not the bytes we asked for: start over on the next attempt
             part.unlink(missing_ok=True)
-            raise _Interrupted(f"asked for bytes from {offset}, got Content-Range "
-                               f"{response.headers.get('Content-Range')!r}")
-        if total is None:  # "bytes 0-99/*": no way to tell when the file is whole
+            raise _Interrupted(f"asked for bytes from {offset}, got Content-Range {header!r}")
+        if match[2] == "*":  # "bytes 0-99/*": no way to tell when the file is whole
             part.unlink(missing_ok=True)
             raise DownloadError(f"cannot download {url}: a partial reply without the file's size "
-                                f"(Content-Range {response.headers.get('Content-Range')!r})")
-        mode = "ab"
+                                f"(Content-Range {header!r})")
+        total = int(match[2])
     else:  # 200: a server that ignores Range sends the whole file, so start over
-        offset, mode = 0, "wb"
         length = response.headers.get("Content-Length")
-        total = int(length) if length and length.isdigit() else None
-    if max(offset, total or 0) > max_bytes:
+        offset, total = 0, int(length) if length and length.isdigit() else None
+    if (size := max(offset, total or 0)) > max_bytes:
         part.unlink(missing_ok=True)
-        raise DownloadError(f"cannot download {url}: {max(offset, total or 0):,} bytes, more than the "
-                            f"{max_bytes:,} any file here needs")
-    return offset, total, mode
+        raise DownloadError(f"cannot download {url}: {size:,} bytes, more than the {max_bytes:,} any file here needs")
+    return offset, total
 
 
 def _chunks(response, timeout, end):
-    """The body as it arrives; _Interrupted when the connection fails, when less than READ bytes come in
-    `timeout` seconds (a server trickling a byte at a time) or at `end`."""
+    """The body as it arrives; _Interrupted when the connection fails, when less than READ bytes come in `timeout`
+    seconds (a server trickling a byte at a time) or at `end`."""
     mark, since = time.monotonic(), 0
     while True:
         try:
@@ -204,20 +191,6 @@ def _chunks(response, timeout, end):
         if response.length != 0 and (now - mark > timeout or now > end):  # 0: the body is whole
             raise _Interrupted(f"stalled: {since:,} bytes in {now - mark:.0f} s")
 
-
-def _content_range(value):
-    """'bytes 100-199/200' -> (100, 200); the total is None for '*'; (None, None) if unreadable."""
-    try:
-        unit, spec = value.split(" ", 1)
-        first_last, total = spec.split("/")
-        if unit != "bytes":
-            return None, None
-        return int(first_last.split("-")[0]), None if total == "*" else int(total)
-    except (AttributeError, ValueError):
-        return None, None
-
-
-# --- SQuAD 2.0 ---------------------------------------------------------------------------------
 
 def ensure_squad(split, data_dir="data", *, base_url=None, expected_questions=None, progress=True):
     """Path of the official SQuAD 2.0 `split` ("train" or "dev") in `data_dir`, downloaded if missing."""
@@ -250,18 +223,12 @@ def _check_squad(path, expected_questions, hint):
     if version != "v2.0":
         raise DownloadError(f"{path}: 'version' is {version!r}, expected 'v2.0'; {hint}")
     try:
-        questions = sum(len(paragraph["qas"]) for article in dataset["data"]
-                        for paragraph in article["paragraphs"])
+        questions = sum(len(paragraph["qas"]) for article in dataset["data"] for paragraph in article["paragraphs"])
     except (KeyError, TypeError):
         raise DownloadError(f"{path}: not in SQuAD format (data[].paragraphs[].qas[]); {hint}") from None
     if questions != expected_questions:
-        raise DownloadError(f"{path}: {questions:,} questions, the official file has "
-                            f"{expected_questions:,}; {hint}")
+        raise DownloadError(f"{path}: {questions:,} questions, the official file has {expected_questions:,}; {hint}")
 
-
-
-
-# --- command line ------------------------------------------------------------------------------
 
 def main(argv=None):
     global DEADLINE
@@ -285,8 +252,7 @@ def main(argv=None):
     except (DownloadError, ValueError, OSError) as e:  # OSError: a --dest it cannot create or write
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for path in paths:
-        print(path)
+    print(*paths, sep="\n")
     return 0
 
 

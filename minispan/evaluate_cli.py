@@ -53,29 +53,26 @@ def evaluate_files(args, prog):
         if args.out_file and name and os.path.exists(args.out_file) and os.path.exists(name) \
                 and os.path.samefile(args.out_file, name):
             raise UsageError(f"--out-file {args.out_file} is the input file {name}: refused, it would be replaced")
-    first, second = _load_json(args.pred_file), _load_json(args.data_file)
     pred_file, data_file = args.pred_file, args.data_file
-    if _looks_like_dataset(first) and not _looks_like_dataset(second):
+    predictions, dataset = _checked(None, read_json, pred_file), _checked(None, read_json, data_file)
+    is_dataset = [isinstance(obj, dict) and isinstance(obj.get("data"), list) for obj in (predictions, dataset)]
+    if is_dataset[0] == is_dataset[1]:
+        raise UsageError(f"expected one predictions file and one SQuAD dataset (a JSON object with a 'data' "
+                         f"list), got {'two' if is_dataset[0] else 'no'} datasets")
+    if is_dataset[0]:
         say(f"{pred_file} is the dataset and {data_file} the predictions (the official script's order); "
             "reading them that way round")
-        (pred_file, predictions), (data_file, dataset) = (data_file, second), (pred_file, first)
-    elif _looks_like_dataset(second) and not _looks_like_dataset(first):
-        predictions, dataset = first, second
-    else:
-        raise UsageError(f"expected one predictions file and one SQuAD dataset (a JSON object with a 'data' "
-                         f"list), got {'two' if _looks_like_dataset(first) else 'no'} datasets")
+        pred_file, data_file, predictions, dataset = data_file, pred_file, dataset, predictions
 
     gold = _checked(data_file, gold_answers, dataset)
     _checked(pred_file, check_predictions, predictions)
-    missing = [qid for qid in gold if qid not in predictions]
-    unknown = [qid for qid in predictions if qid not in gold]
-    if missing and args.strict:
-        raise UsageError(f"{pred_file}: no prediction for {len(missing)} of {len(gold)} questions "
-                         f"(first: {_first(missing)})")
-    if missing:
+    if missing := [qid for qid in gold if qid not in predictions]:
+        if args.strict:
+            raise UsageError(f"{pred_file}: no prediction for {len(missing)} of {len(gold)} questions "
+                             f"(first: {_first(missing)})")
         say(f"no prediction for {len(missing)} of {len(gold)} questions, counted as answered \"\" "
             f"(first: {_first(missing)})")
-    if unknown:
+    if unknown := [qid for qid in predictions if qid not in gold]:
         say(f"ignored {len(unknown)} predictions for ids not in {data_file} (first: {_first(unknown)})")
 
     na_probs, image_dir = _read_na_probs(args, gold, data_file, say)
@@ -105,33 +102,21 @@ def _read_na_probs(args, gold, data_file, say):
         if args.out_image_dir:
             say("--out-image-dir needs --na-prob-file: no images written")
         return None, None
-    na_probs = _load_json(args.na_prob_file)
+    na_probs = _checked(None, read_json, args.na_prob_file)
     _checked(args.na_prob_file, check_na_probs, na_probs, gold)
-    extra = [qid for qid in na_probs if qid not in gold]
-    if extra:
+    if extra := [qid for qid in na_probs if qid not in gold]:
         say(f"ignored {len(extra)} no-answer probabilities for ids not in {data_file} (first: {_first(extra)})")
     if args.out_image_dir:
         _figure_class()
-        huge = [qid for qid in gold if isinstance(na_probs[qid], int) and abs(na_probs[qid]) > sys.float_info.max]
-        if huge:
+        if huge := [qid for qid in gold if isinstance(na_probs[qid], int) and abs(na_probs[qid]) > sys.float_info.max]:
             raise UsageError(f"{args.na_prob_file}: the no-answer probability for {huge[0]!r} is an integer too "
                              "large for a float, which the precision-recall images need")
     return na_probs, args.out_image_dir
 
 
-def _load_json(path):
-    try:
-        return read_json(path)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-
-
-def _looks_like_dataset(obj):
-    return isinstance(obj, dict) and isinstance(obj.get("data"), list)
-
-
 def _checked(path, check, *args):
+    """check(*args), its ValueError as a UsageError naming `path` (None: the message names the file already)."""
     try:
         return check(*args)
     except ValueError as e:
-        raise UsageError(f"{path}: {e}") from None
+        raise UsageError(f"{path}: {e}" if path else str(e)) from None

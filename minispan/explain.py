@@ -2,21 +2,14 @@
 
     python -m minispan.answer --model DIR --question Q --context-file C --explain answer.html
 
-The page explains the decision the command line prints: the pipeline's (answer.py), scored as the
-transformers 4.x pipeline scores it. It shows every window the context was cut into, each token shaded by
-its start probability (green) and its end probability (orange bar), the probabilities the pipeline's
-softmax gives ([CLS] included: it is the null answer); the best spans with their scores; and the null
-score (the smallest [CLS] start x end probability over the windows) against the best span's, which decides
-between an answer and "" when handle_impossible_answer is on. No server, no network, no script: inline CSS,
-and every piece of text escaped.
+It shows the pipeline's own windows, each token shaded by its start probability (green) and end probability (orange
+bar), [CLS] (the null answer) included; the best spans; and the null score against the best span's, which decides
+between an answer and "" when handle_impossible_answer is on. Inline CSS, no script, no network; all text escaped.
 """
 import html
 
-import numpy as np
-
-from minispan.answer import OPTIONS
+from minispan.answer import OPTIONS, window_probabilities
 from minispan.files import atomic_write
-from minispan.postprocess import softmax
 from minispan.squad import Example
 
 STYLE = """body{font:15px/1.5 sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}
@@ -27,9 +20,8 @@ table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em;tex
 
 
 def write_explanation(path, qa, question, context, *, top_k=5, **options):
-    """Answer `question` about `context` with the pipeline `qa` (options as qa takes them: max_answer_len,
-    max_seq_len, doc_stride, handle_impossible_answer) and write the explanation page to `path`, atomically.
-    Returns the top_k answers, best first: the first is what qa(...) and the command line answer."""
+    """Answer `question` about `context` with the pipeline `qa` (`options` as qa takes them) and write the page to
+    `path`, atomically. Returns the top_k answers, best first: the first is what qa(...) and the command line say."""
     answers = qa(question=question, context=context, top_k=top_k, **options)
     answers = answers if isinstance(answers, list) else [answers]  # one answer comes back as a dict
     o = {**OPTIONS, **qa.options, **options}
@@ -37,9 +29,7 @@ def write_explanation(path, qa, question, context, *, top_k=5, **options):
     start_logits, end_logits = qa.logits(features, o["batch_size"])
     windows, nulls = [], []
     for k, (feature, s, e) in enumerate(zip(features, start_logits, end_logits)):
-        allowed = np.array([offset is not None for offset in feature.offsets])
-        allowed[0] = True  # [CLS]: the null answer; the question and [SEP]s get probability 0, as in answer.py
-        p_start, p_end = (softmax(np.where(allowed, x, -np.inf)) for x in (s, e))  # [L] each
+        p_start, p_end = window_probabilities(feature, s, e)  # the pipeline's own: [CLS] in, the question out
         nulls.append(p_start[0] * p_end[0])
         windows.append(window_html(k, feature, context, (p_start, p_end), answers[0]))
     with atomic_write(path) as f:
@@ -48,20 +38,19 @@ def write_explanation(path, qa, question, context, *, top_k=5, **options):
 
 
 def window_html(k, feature, context, probabilities, answer):
-    """One window: [CLS], then its context tokens with the text between them, each shaded by its start and
-    end probability; the answer's tokens outlined."""
+    """One window: [CLS], then its context tokens with the text between them, shaded by their start and end
+    probabilities; the answer's tokens outlined."""
     def token(text, i, cls=""):
         p_start, p_end = (float(p[i]) for p in probabilities)
         shade = f"background:rgba(49,163,84,{p_start:.3f});box-shadow:inset 0 -.3em rgba(230,85,13,{p_end:.3f})"
         return (f'<span class="tok{cls}" style="{shade}" title="start {p_start:.3f}, end {p_end:.3f}">'
                 f"{html.escape(text)}</span>")
 
-    parts, previous = [token("[CLS]", 0, " cls"), " "], None
     positions = [i for i, offset in enumerate(feature.offsets) if offset is not None]
+    parts, previous = [token("[CLS]", 0, " cls"), " "], feature.offsets[positions[0]][0]
     for i in positions:
         start, end = feature.offsets[i]
-        if previous is not None:
-            parts.append(html.escape(context[previous:start]))  # the spaces (or nothing) between two tokens
+        parts.append(html.escape(context[previous:start]))  # the spaces (or nothing) between two tokens
         inside = answer["answer"] and answer["start"] <= start and end <= answer["end"]
         parts.append(token(context[start:end], i, " chosen" if inside else ""))
         previous = end

@@ -70,8 +70,7 @@ def max_context_masks(num_tokens, starts, max_window):
 
 
 def check_positive_ints(**sizes):
-    """Size and count arguments (here, in postprocess and in the pipeline) must be integers >= 1, numpy's
-    included, bool not: one clear error instead of a TypeError deep inside, or a silently empty result."""
+    """Sizes and counts are integers >= 1, numpy's too, bool not: one clear error, not a deep TypeError or no result."""
     for name, value in sizes.items():
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -91,18 +90,13 @@ def answer_token_span(token_starts, token_ends, answer_start, answer_end):
 
 def build_features(examples, tokenizer, *, max_seq_length=384, doc_stride=128, max_query_length=64,
                    training=False, progress=None):
-    """Turn examples into features (one per window). In training, each feature gets start/end targets.
-    `progress`: a progress bar's label ("train features"), or None for no bar.
-
-    In training, an example whose first answer is not found at its `start` in the context is skipped (it
-    gets no features), as in the original: its target would be wrong.
-    """
+    """Turn examples into features (one per window). In training, each feature gets start/end targets, and an
+    example whose first answer is not at its `start` in the context gets none, as in the original (its target would
+    be wrong). `progress`: a progress bar's label ("train features"), or None for no bar."""
     check_positive_ints(max_seq_length=max_seq_length, doc_stride=doc_stride, max_query_length=max_query_length)
 
     # About five questions share each paragraph: tokenize every distinct context once.
-    context_index = {}
-    for example in examples:
-        context_index.setdefault(example.context, len(context_index))
+    context_index = {context: c for c, context in enumerate(dict.fromkeys(example.context for example in examples))}
     contexts = tokenizer.encode_batch(list(context_index))
     questions = tokenizer.encode_batch([example.question for example in examples])
     token_bounds = {}  # context index -> (start chars, end chars) of its tokens, for training targets
@@ -116,34 +110,35 @@ def build_features(examples, tokenizer, *, max_seq_length=384, doc_stride=128, m
         question_ids = questions[example_index].ids[:max_query_length]
         max_window = max_seq_length - len(question_ids) - 3
         if max_window < doc_stride:
-            raise ValueError(
-                f"max_seq_length={max_seq_length} leaves {max_window} context tokens per window after the "
-                f"{len(question_ids)}-token question of example {example_index} ({example.id!r}), fewer than "
-                f"doc_stride={doc_stride}: windows would skip tokens"
-            )
+            raise ValueError(f"max_seq_length={max_seq_length} leaves {max_window} context tokens per window after the "
+                             f"{len(question_ids)}-token question of example {example_index} ({example.id!r}), fewer "
+                             f"than doc_stride={doc_stride}: windows would skip tokens")
         if (c, max_window) not in windows:
             starts = window_starts(len(context.ids), max_window, doc_stride)
             windows[c, max_window] = starts, max_context_masks(len(context.ids), starts, max_window)
         starts, masks = windows[c, max_window]
 
-        answer_span = None  # (first, last) context token of the answer, in training
+        answer_span = None  # (first, last) context token of the first answer, in training
         if training and not example.is_impossible:
+            if not example.answers:
+                raise ValueError(f"example {example_index} ({example.id!r}): answerable but has no answers")
+            answer = example.answers[0]
+            answer_end = answer.start + len(answer.text)
+            if example.context[answer.start : answer_end] != answer.text or not answer.text.strip():
+                continue  # not at its offset, or blank: nothing to learn
             if c not in token_bounds:
                 token_bounds[c] = np.array([s for s, _ in context.offsets]), np.array([e for _, e in context.offsets])
-            answer_span = answer_tokens(example, example_index, *token_bounds[c])
-            if answer_span is None:
-                continue
+            answer_span = answer_token_span(*token_bounds[c], answer.start, answer_end)
+            if answer_span[0] > answer_span[1]:
+                continue  # no token holds the answer's characters
         prefix = [cls] + question_ids + [sep]
         for start, is_max_context in zip(starts, masks):
             end = start + len(is_max_context)
-            feature = Feature(
-                example_index=example_index,
-                input_ids=prefix + context.ids[start:end] + [sep],
-                token_type_ids=[0] * len(prefix) + [1] * (end - start + 1),
-                offsets=[None] * len(prefix) + context.offsets[start:end] + [None],
-                token_is_max_context=[False] * len(prefix) + is_max_context.tolist() + [False],
-                window_start=start,
-            )
+            feature = Feature(example_index=example_index, input_ids=prefix + context.ids[start:end] + [sep],
+                              token_type_ids=[0] * len(prefix) + [1] * (end - start + 1),
+                              offsets=[None] * len(prefix) + context.offsets[start:end] + [None],
+                              token_is_max_context=[False] * len(prefix) + is_max_context.tolist() + [False],
+                              window_start=start)
             if training:
                 feature.start_position = feature.end_position = 0  # [CLS]: no answer in this window
                 if answer_span and start <= answer_span[0] and answer_span[1] < end:  # wholly inside
@@ -153,26 +148,12 @@ def build_features(examples, tokenizer, *, max_seq_length=384, doc_stride=128, m
     return features
 
 
-def answer_tokens(example, example_index, token_starts, token_ends):
-    """The first answer's (first, last) token in the context; None when the annotation does not match the text."""
-    if not example.answers:
-        raise ValueError(f"example {example_index} ({example.id!r}): answerable but has no answers")
-    answer = example.answers[0]
-    answer_end = answer.start + len(answer.text)
-    if example.context[answer.start : answer_end] != answer.text or not answer.text.strip():
-        return None
-    first, last = answer_token_span(token_starts, token_ends, answer.start, answer_end)
-    return (first, last) if first <= last else None
-
-
 def batch_indices(lengths, batch_size, shuffle=False, seed=0, group_by_length=True):
-    """Split feature indices into batches. Returns a list of lists of indices.
-
-    Padding costs compute, so batches are built from features of similar length:
+    """Split feature indices into batches (lists of indices); the same seed gives the same batches. Padding costs
+    compute, so batches are built from features of similar length:
     - shuffle=False (prediction): longest first, then chunks (group_by_length=False: the given order);
     - shuffle=True (training): shuffle, cut into mega-batches of 50 batches, sort each by length, chunk,
       and shuffle the order of the batches: random, but each batch has little padding.
-    The same seed gives the same batches.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -180,21 +161,13 @@ def batch_indices(lengths, batch_size, shuffle=False, seed=0, group_by_length=Tr
     rng = random.Random(seed)
     if shuffle:
         rng.shuffle(order)
-    if group_by_length:
-        if shuffle:
-            mega = 50 * batch_size
-            order = [
-                i for m in range(0, len(order), mega) for i in sorted(order[m : m + mega], key=lambda i: -lengths[i])
-            ]
-        else:
-            order.sort(key=lambda i: -lengths[i])  # stable: equal lengths keep their order
+    if group_by_length:  # sorting is stable: equal lengths keep their order
+        mega = 50 * batch_size if shuffle else max(len(order), 1)  # prediction: one mega-batch, all of it
+        order = [i for m in range(0, len(order), mega) for i in sorted(order[m : m + mega], key=lambda i: -lengths[i])]
     batches = [order[b : b + batch_size] for b in range(0, len(order), batch_size)]
     if shuffle and group_by_length:
         rng.shuffle(batches)
     return batches
-
-
-WIDTH_MULTIPLE = 8
 
 
 def batch_width(lengths, max_seq_length):
@@ -202,41 +175,32 @@ def batch_width(lengths, max_seq_length):
     max_seq_length). Tensor cores like multiples of 8, and CUDA graphs record one graph per shape: at most
     max_seq_length / 8 widths (64 for 512-token windows) instead of one for every length."""
     longest = max(lengths)
-    return max(longest, min(-(-longest // WIDTH_MULTIPLE) * WIDTH_MULTIPLE, max_seq_length))
+    return max(longest, min(-(-longest // 8) * 8, max_seq_length))
 
 
 def make_batch(features, pad_token_id=0, training=False, pin_memory=False, length=None):
-    """Pad a list of features to the longest one (or to `length`) and stack them into LongTensors
-    [batch, length].
-
-    With pin_memory (and CUDA present) the tensors live in page-locked memory, so that
-    `.to(device, non_blocking=True)` overlaps the copy with the GPU's work.
-    """
+    """Pad a list of features to the longest one (or to `length`) and stack them into LongTensors [batch, length].
+    With pin_memory (and CUDA present) the tensors live in page-locked memory, so that `.to(device,
+    non_blocking=True)` overlaps the copy with the GPU's work."""
     if not features:
         raise ValueError("make_batch: no features")
     longest = max(len(f.input_ids) for f in features)
-    if length is None:
-        length = longest
-    elif length < longest:
+    length = longest if length is None else length
+    if length < longest:
         raise ValueError(f"make_batch: length={length} is shorter than the longest feature ({longest} tokens)")
     input_ids = np.full((len(features), length), pad_token_id, dtype=np.int64)
-    token_type_ids = np.zeros((len(features), length), dtype=np.int64)
-    attention_mask = np.zeros((len(features), length), dtype=np.int64)
+    token_type_ids, attention_mask = np.zeros((2, len(features), length), dtype=np.int64)
     for row, f in enumerate(features):
         n = len(f.input_ids)
         input_ids[row, :n] = f.input_ids
         token_type_ids[row, :n] = f.token_type_ids
         attention_mask[row, :n] = 1
-    batch = {
-        "input_ids": torch.from_numpy(input_ids),
-        "token_type_ids": torch.from_numpy(token_type_ids),
-        "attention_mask": torch.from_numpy(attention_mask),
-    }
+    batch = {"input_ids": torch.from_numpy(input_ids), "token_type_ids": torch.from_numpy(token_type_ids),
+             "attention_mask": torch.from_numpy(attention_mask)}
     if training:
         if any(f.start_position is None or f.end_position is None for f in features):
-            raise ValueError(
-                "make_batch(training=True): a feature has no start/end position (built with training=False?)"
-            )
+            raise ValueError("make_batch(training=True): a feature has no start/end position "
+                             "(built with training=False?)")
         batch["start_positions"] = torch.tensor([f.start_position for f in features], dtype=torch.long)
         batch["end_positions"] = torch.tensor([f.end_position for f in features], dtype=torch.long)
     if pin_memory and torch.cuda.is_available():

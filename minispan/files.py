@@ -1,8 +1,6 @@
-"""Writing outputs without destroying anything, and reading JSON with bounds.
-
-A regular file is written to a temporary file in its directory and renamed over it (os.replace is atomic
-on POSIX and Windows within one file system), so a crash or Ctrl-C never leaves half of one behind.
-"""
+"""Writing outputs without destroying anything, and reading JSON with bounds. A regular file is written to a temporary
+file in its directory and renamed over it (os.replace is atomic on POSIX and Windows within one file system), so a
+crash or Ctrl-C never leaves half of one behind."""
 import contextlib
 import fcntl
 import json
@@ -15,10 +13,9 @@ MAX_JSON_BYTES = 2**30  # above any real SQuAD file (train-v2.0.json: 42 MB); bo
 
 @contextlib.contextmanager
 def atomic_write(path, mode="w", encoding="utf-8"):
-    """Open `path` for writing. A regular file (or a new one) is written under a temporary name that
-    replaces it on success (keeping its mode) and is removed on error. Anything else is written in place:
-    replacing /dev/null, /dev/stdout or a FIFO with a regular file would break whatever reads it. A symlink
-    is written through to its target. OSErrors name `path`, never the temporary file."""
+    """Open `path` for writing: a regular file (or a new one) atomically, keeping its mode; anything else in place, as
+    replacing /dev/null, /dev/stdout or a FIFO would break whatever reads it. A symlink is written through to its
+    target. OSErrors name `path`, never the temporary file."""
     path, kwargs = os.fspath(path), {} if "b" in mode else {"encoding": encoding}
     try:
         st = os.stat(path)  # through symlinks: what a write would reach
@@ -56,8 +53,7 @@ def atomic_write(path, mode="w", encoding="utf-8"):
 
 
 def read_json(path, max_bytes=MAX_JSON_BYTES):
-    """Read a JSON file of at most max_bytes. A file that cannot be read, is larger or is not JSON is a
-    one-line ValueError naming it (the callers turn it into their own error type)."""
+    """A JSON file of at most max_bytes; one that cannot be read, is larger or is not JSON is a ValueError naming it."""
     try:
         with open(path, "rb") as f:
             data = bytearray()
@@ -84,14 +80,12 @@ def read_json_object(path):
 def write_json(path, obj, indent=2):
     """Write `obj` as JSON, atomically."""
     with atomic_write(path) as f:
-        json.dump(obj, f, indent=indent, ensure_ascii=False)
-        f.write("\n")
+        f.write(json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
 def lock_file(path):
-    """(the open file `path`, None) holding an exclusive lock on it, with this process's id written in it; or
-    (None, the id its holder wrote) when another process holds it. The kernel drops the lock (flock) with the
-    process that holds it, even one killed by kill -9: none is left stuck."""
+    """(the open file `path`, None) holding an exclusive lock on it, with this process's id written in it; or (None, the
+    id its holder wrote). The kernel drops the lock (flock) with its process, even on kill -9: none is left stuck."""
     f = open(path, "a+", encoding="utf-8")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -100,8 +94,7 @@ def lock_file(path):
         with f:
             return None, f.read().strip() or "?"
     f.truncate(0)
-    f.write(f"{os.getpid()}\n")
-    f.flush()
+    print(os.getpid(), file=f, flush=True)
     return f, None
 
 

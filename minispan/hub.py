@@ -20,7 +20,6 @@ from minispan.download import DownloadError, download, env_url, new_folders
 from minispan.files import write_json
 
 SPANBERT_URL = "https://dl.fbaipublicfiles.com/fairseq/models/"  # MINISPAN_SPANBERT_URL: the release tarballs
-
 # name -> (Hub repo, original release tarball, Hub repo of the vocabulary it was pretrained with).
 # The vocabularies are the ones SpanBERT's own code maps these names to (28,996 entries).
 SPANBERT = {
@@ -46,11 +45,10 @@ def resolve_model(name, revision=None, token=None, *, weights=True):
 
 
 def hub_model(repo_id, revision=None, token=None, *, weights=True):
-    """The snapshot folder of `repo_id` in the Hugging Face cache, holding what minispan reads (without
-    config.json and weights when weights=False: a tokenizer). revision: a branch, tag or commit."""
-    wanted = [("config.json",), WEIGHTS_FILES] if weights else []
+    """The snapshot folder of `repo_id` in the Hugging Face cache, holding what minispan reads (without config.json
+    and weights when weights=False: a tokenizer). revision: a branch, tag or commit."""
     folder = None
-    for names in wanted + [(name,) for name in TOKENIZER_FILES]:
+    for names in ([("config.json",), WEIGHTS_FILES] if weights else []) + [(name,) for name in TOKENIZER_FILES]:
         path = hub_file(repo_id, names, revision, token, required=names[0] not in TOKENIZER_FILES[1:])
         if folder is None:  # the first file says which commit `revision` is now: the others come from it
             folder, revision = path.parent, path.parent.name
@@ -58,15 +56,14 @@ def hub_model(repo_id, revision=None, token=None, *, weights=True):
 
 
 def hub_file(repo_id, names, revision=None, token=None, required=True):
-    """Local path of the first of `names` that the repo has (None if none and not required), fetched into
-    the cache unless it is there. Every failure is one line (DownloadError)."""
-    for i, name in enumerate(names):
+    """Local path of the first of `names` that the repo has (None if none and not required), fetched into the cache
+    unless it is there. Every failure is one line (DownloadError)."""
+    for name in names:
         try:
             return Path(hf_hub_download(repo_id, name, revision=revision, token=token))
         except LocalEntryNotFoundError as e:  # not cached, and offline or the Hub unreachable (or refusing)
-            if i + 1 < len(names) or not required:
-                continue
-            raise DownloadError(hub_error(e.__cause__ or e, repo_id, revision)) from None
+            if required and name == names[-1]:
+                raise DownloadError(hub_error(e.__cause__ or e, repo_id, revision)) from None
         except EntryNotFoundError:  # the repo has no such file
             continue
         except HfHubHTTPError as e:  # no such repo or revision; refused
@@ -93,13 +90,10 @@ def hub_error(e, repo_id, revision):
             "online, or point HF_HOME / HF_HUB_CACHE at a cache that has it")
 
 
-# --- SpanBERT's pretrained weights ------------------------------------------------------------------
-
 def ensure_spanbert(name, cache_dir="models", *, tarball_url=None, progress=True):
-    """Directory `cache_dir`/`name` holding SpanBERT's config.json and weights (from the Hub, or when that
-    fails from the original release tarball), BERT's cased vocab.txt and tokenizer_config.json saying cased,
-    ready for load_model and load_tokenizer. It is gathered and checked in `cache_dir`/.`name`.download/
-    (which keeps a partial tarball between runs), then renamed into place. Call it from one process only."""
+    """Directory `cache_dir`/`name` holding SpanBERT's config.json and weights (from the Hub, else from the original
+    release tarball), BERT's cased vocab.txt and tokenizer_config.json saying cased. It is gathered and checked in
+    `cache_dir`/.`name`.download/ (which keeps a partial tarball between runs), then renamed. One process only."""
     from minispan.tokenizer import load_tokenizer  # and torch: not needed to download SQuAD (download.main)
     from minispan.weights import load_model
 

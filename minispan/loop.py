@@ -1,8 +1,6 @@
-"""The training loop: epochs of length-grouped global batches, one optimizer step each, a log line and a
-checkpoint every so often. train_loop is the whole loop in one screen; fine_tune sets it up (AdamW, a resumed
-run's state, the speed hooks) and runs it.
-
-Only rank 0 writes files (log.jsonl, checkpoints/); every process trains.
+"""The training loop: epochs of length-grouped global batches, one optimizer step each, a log line and a checkpoint
+every so often. train_loop is the whole loop in one screen; fine_tune sets it up (AdamW, a resumed run's state, the
+speed hooks) and runs it. Only rank 0 writes files (log.jsonl, checkpoints/); every process trains.
 """
 import json
 import logging
@@ -10,7 +8,6 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
@@ -28,14 +25,14 @@ logger = logging.getLogger("minispan")
 @dataclass
 class TrainConfig:
     """A run's settings. The defaults are SpanBERT's SQuAD 2.0 recipe; train.py's flags override them."""
-    model: Optional[str] = "spanbert-base-cased"  # a model directory or a SpanBERT name (downloaded)
-    train_file: Optional[str] = None  # None: the official train-v2.0.json (downloaded)
-    dev_file: Optional[str] = None
-    output_dir: Optional[str] = None
+    model: str | None = "spanbert-base-cased"  # a model directory or a SpanBERT name (downloaded)
+    train_file: str | None = None  # None: the official train-v2.0.json (downloaded)
+    dev_file: str | None = None
+    output_dir: str | None = None
     epochs: int = 4
     lr: float = 2e-5
     batch_size: int = 32  # the global batch: features per optimizer step, over all processes
-    per_device_batch_size: Optional[int] = None  # micro-batches; None: the process's whole share at once
+    per_device_batch_size: int | None = None  # micro-batches; None: the process's whole share at once
     max_seq_length: int = 512
     doc_stride: int = 128  # the step between windows
     max_query_length: int = 64
@@ -45,15 +42,15 @@ class TrainConfig:
     seed: int = 42
     save_every: int = 1000  # steps between checkpoints; 0: none
     log_every: int = 50
-    limit: Optional[int] = None  # only the first N questions of each file
+    limit: int | None = None  # only the first N questions of each file
     device: str = "auto"
-    precision: Optional[str] = None  # None: bf16 on a GPU that has it, fp16 on older ones, fp32 on the CPU
-    dropout: Optional[float] = None  # overrides the model's dropout rates
+    precision: str | None = None  # None: bf16 on a GPU that has it, fp16 on older ones, fp32 on the CPU
+    dropout: float | None = None  # overrides the model's dropout rates
     cuda_graphs: bool = True
     compile: bool = False
     demo: bool = False
     # What to do, not how to train: not saved with the run.
-    resume: Optional[str] = None  # continue the run in this output_dir
+    resume: str | None = None  # continue the run in this output_dir
     overwrite: bool = False  # replace the run in output_dir
     eval_only: bool = False  # no training: predict and score the dev set with the fine-tuned model
 
@@ -69,14 +66,13 @@ class TrainingSet:
 
 @dataclass
 class Progress:
-    """Where training stands: steps done, the last gradient norm, and the running sums since the last log
-    line. All stay on the device: reading a device value makes the host wait for the GPU, so they are read
-    only to log."""
+    """Where training stands: steps done, the last gradient norm, the running sums since the last log line. All
+    stay on the device: reading a device value makes the host wait for the GPU, so they are read only to log."""
     step: int
     loss_sum: torch.Tensor  # summed loss of the features seen
     seen: torch.Tensor  # features seen
     nonfinite: torch.Tensor  # steps whose gradient norm was inf or NaN
-    grad_norm: Optional[torch.Tensor] = None
+    grad_norm: torch.Tensor | None = None
     since: float = field(default_factory=time.perf_counter)
 
     @classmethod
@@ -95,9 +91,8 @@ class Progress:
 
 
 def batch_plan(lengths, batch_size, epochs, seed):
-    """Every step's global batch (feature indices), epoch after epoch: each epoch is its own length-grouped
-    shuffle of all the features, drawn from seed + epoch, so a resumed run recomputes the same order and
-    skips ahead."""
+    """Every step's global batch (feature indices), epoch after epoch: each epoch is its own length-grouped shuffle of
+    all the features, drawn from seed + epoch, so a resumed run recomputes the same order and skips ahead."""
     return [batch for epoch in range(epochs)
             for batch in batch_indices(lengths, batch_size, shuffle=True, seed=seed + epoch)]
 
@@ -105,27 +100,18 @@ def batch_plan(lengths, batch_size, epochs, seed):
 def step_batches(data, global_batch, rt, cfg):
     """This process's micro-batches of one global batch, on the device, each with its loss weight: the
     [(tensors, weight)] that forward and backward take. All padded to the global batch's width."""
-    features = data.features
-    width = batch_width([len(features[i].input_ids) for i in global_batch], cfg.max_seq_length)
+    width = batch_width([len(data.features[i].input_ids) for i in global_batch], cfg.max_seq_length)
     per_device = cfg.per_device_batch_size or -(-cfg.batch_size // rt.world_size)  # ceil: 32 on 3 GPUs: 11
-    return [(training_batch([features[i] for i in indices], width, data.pad_token_id, rt.device), weight)
+    return [(training_batch([data.features[i] for i in indices], width, data.pad_token_id, rt.device), weight)
             for indices, weight in micro_batches(global_batch, rt.rank, rt.world_size, per_device)]
 
 
 def training_batch(features, width, pad_token_id, device):
-    """A micro-batch padded to `width`, the width of its GLOBAL batch (batch_width), on the device.
-
-    The span loss's softmax runs over every position, padding included (as in BERT, which padded all
-    features to max_seq_length), so a feature's loss depends on how far it is padded. Padding every
-    micro-batch to the same width makes the update independent of how the global batch is split over
-    processes and micro-batches. Batches are grouped by length, so this costs little.
-    """
+    """A micro-batch padded to `width`, its GLOBAL batch's (batch_width), on the device. The span loss's softmax runs
+    over every position, padding included (as in BERT), so a feature's loss depends on its padding: one width makes
+    the update independent of how the global batch is split (batches are grouped by length, so it costs little)."""
     batch = make_batch(features, pad_token_id, training=True, length=width,
                        pin_memory=device.type == "cuda")  # page-locked: the copy below overlaps the GPU's work
-    return to_device(batch, device)
-
-
-def to_device(batch, device):
     return {name: t.to(device, non_blocking=True) for name, t in batch.items()}
 
 
@@ -188,8 +174,8 @@ def fine_tune(model, data, cfg, rt, checkpoint=None):
         torch.manual_seed(cfg.seed + rt.rank)  # each process its own dropout
     if rt.rank == 0:
         logger.info("%d steps of %d features (%d per epoch, %d warm-up)", len(data.plan),
-                    min(cfg.batch_size, len(data.features)),
-                    data.steps_per_epoch, math.ceil(cfg.warmup_ratio * len(data.plan)))
+                    min(cfg.batch_size, len(data.features)), data.steps_per_epoch,
+                    math.ceil(cfg.warmup_ratio * len(data.plan)))
     if cfg.compile:
         compile_layers(model)  # speed.py: fused elementwise kernels
     if rt.world_size > 1:  # the gradients are averaged over the processes after every backward

@@ -1,19 +1,17 @@
 """SQuAD 2.0 evaluation: the official script's numbers (evaluate-v2.0.py), reimplemented from its behaviour.
 
-One question's score. The prediction and each gold answer are normalised (lower case, ASCII punctuation
-dropped, the articles a/an/the dropped, white space collapsed). Exact match (EM) is 1 when the normalised
-strings are equal; F1 is the harmonic mean of precision and recall over the bag of normalised tokens. A
-question takes its best score over its gold answers. Gold answers that normalise to nothing are dropped, and
-a question left without any (an unanswerable one) has the single gold answer "": a prediction scores 1 there
+One question's score. The prediction and each gold answer are normalised (normalize_answer). Exact match (EM) is 1
+when the normalised strings are equal; F1 is the harmonic mean of precision and recall over the bag of normalised
+tokens. A question takes its best score over its gold answers. Gold answers that normalise to nothing are dropped,
+and a question left without any (an unanswerable one) has the single gold answer "": a prediction scores 1 there
 when it normalises to "" (so "", and also "the" or "?"), else 0.
 
-The no-answer probability. A model can also say, per question, how likely it thinks "no answer" is (for
-minispan: the null odds). Any prediction whose probability exceeds `na_prob_thresh` is replaced by "" before
-scoring; best_exact / best_f1 report the scores at the best such threshold, found by walking the questions from
-least to most likely unanswerable, and the precision-recall analysis ranks answers by the same probability.
+The no-answer probability. A model can also say, per question, how likely it thinks "no answer" is (for minispan:
+the null odds). Any prediction whose probability exceeds `na_prob_thresh` is replaced by "" before scoring;
+best_exact / best_f1 report the scores at the best such threshold, and precision-recall curves rank by it.
 
-Floating point: every total is a sum in the official script's order, then 100.0 * sum / total, so the
-numbers equal the official script's to the last bit, not merely closely.
+Floating point: every total is a sum in the official script's order, then 100.0 * sum / total, so the numbers
+equal the official script's to the last bit, not merely closely.
 """
 import collections
 import json
@@ -71,14 +69,11 @@ def score_question(gold_answers, prediction):
     return exact, f1
 
 
-# ---------------------------------------------------------------------------------------------------------
 # Inputs: checked here so a bad file gives one clear line instead of a traceback deep in the scoring.
 
 def gold_answers(dataset):
-    """{question id: [gold answer texts]} in the dataset's order, from the official JSON or its `data` list.
-
-    An id that appears twice keeps its first position and its last answers, as the official script's dicts do.
-    """
+    """{question id: [gold answer texts]} in the dataset's order, from the official JSON or its `data` list. An id
+    that appears twice keeps its first position and its last answers, as the official script's dicts do."""
     if isinstance(dataset, dict):
         dataset = dataset.get("data")
     if not isinstance(dataset, list):
@@ -88,16 +83,14 @@ def gold_answers(dataset):
         for p, paragraph in enumerate(get_field(article, "paragraphs", list, f"data[{a}]")):
             for q, qa in enumerate(get_field(paragraph, "qas", list, f"data[{a}].paragraphs[{p}]")):
                 qid = get_field(qa, "id", str, f"data[{a}].paragraphs[{p}].qas[{q}]")
-                answers = get_field(qa, "answers", list, f"question {qid!r}")
-                gold[qid] = [get_field(ans, "text", str, f"question {qid!r}: answers[{i}]")
-                             for i, ans in enumerate(answers)]
+                answers = enumerate(get_field(qa, "answers", list, f"question {qid!r}"))
+                gold[qid] = [get_field(ans, "text", str, f"question {qid!r}: answers[{i}]") for i, ans in answers]
     if not gold:
         raise ValueError("the dataset has no questions")
     return gold
 
 
 def check_predictions(predictions):
-    """Predictions must map question ids to answer strings ("" for no answer)."""
     if not isinstance(predictions, dict):
         raise ValueError("expected a JSON object mapping question ids to answer strings")
     for qid, text in predictions.items():
@@ -106,33 +99,26 @@ def check_predictions(predictions):
 
 
 def check_na_probs(na_probs, qids):
-    """No-answer probabilities must be numbers, one for every question; ids not in `qids` are dropped.
-
-    The file's order is kept: questions with equal probabilities are walked in that order, as officially.
-    """
+    """No-answer probabilities must be numbers, one for every question; ids not in `qids` are dropped. The file's
+    order is kept: questions with equal probabilities are walked in that order, as officially."""
     if not isinstance(na_probs, dict):
         raise ValueError("expected a JSON object mapping question ids to no-answer probabilities")
     for qid, p in na_probs.items():
         if isinstance(p, bool) or not isinstance(p, (int, float)) or p != p:  # p != p: NaN (isnan fails on huge ints)
             raise ValueError(f"the no-answer probability for {qid!r} is {json.dumps(p)[:40]}, expected a number")
-    missing = [qid for qid in qids if qid not in na_probs]
-    if missing:
+    if missing := [qid for qid in qids if qid not in na_probs]:
         raise ValueError(f"no probability for {len(missing)} of {len(qids)} questions (first: {_first(missing)})")
     return {qid: p for qid, p in na_probs.items() if qid in qids}
 
 
-# ---------------------------------------------------------------------------------------------------------
 # The evaluation.
 
 def squad_v2_metrics(dataset, predictions, na_probs=None, na_prob_thresh=1.0, out_image_dir=None):
-    """The official SQuAD v2 metrics, same keys in the same order with the same values.
-
-    dataset: the official JSON (parsed) or its `data` list. predictions: {question id: answer text}; a question
-    without one counts as answered "", ids not in the dataset are ignored. na_probs: {question id: probability
-    of no answer} or None; with it come best_exact/best_f1 and their thresholds. out_image_dir (with na_probs,
-    needs matplotlib): write precision-recall curves and no-answer histograms there and add the pr_*_ap keys.
-    Raises ValueError on malformed input.
-    """
+    """The official SQuAD v2 metrics, same keys in the same order with the same values; ValueError on malformed input.
+    dataset: the official JSON (parsed) or its `data` list. predictions: {question id: answer text}; a question without
+    one counts as answered "", ids not in the dataset are ignored. na_probs: {question id: probability of no answer}
+    or None; with it come best_exact/best_f1 and their thresholds. out_image_dir (with na_probs, needs matplotlib):
+    write precision-recall curves and no-answer histograms there and add the pr_*_ap keys."""
     if isinstance(na_prob_thresh, bool) or not isinstance(na_prob_thresh, numbers.Real):
         raise ValueError(f"na_prob_thresh must be a number, got {na_prob_thresh!r}")
     gold = gold_answers(dataset)
@@ -144,16 +130,17 @@ def squad_v2_metrics(dataset, predictions, na_probs=None, na_prob_thresh=1.0, ou
     exact_raw, f1_raw = {}, {}
     for qid, answers in gold.items():
         exact_raw[qid], f1_raw[qid] = score_question(answers, preds[qid])
-    exact = apply_no_ans_threshold(exact_raw, probs, has_ans, na_prob_thresh)
-    f1 = apply_no_ans_threshold(f1_raw, probs, has_ans, na_prob_thresh)
+    # Above the threshold the model says "no answer": right (1.0) exactly when the question has none.
+    exact, f1 = ({qid: float(not has_ans[qid]) if probs[qid] > na_prob_thresh else s for qid, s in raw.items()}
+                 for raw in (exact_raw, f1_raw))
 
-    out = make_eval_dict(exact, f1, list(gold))
-    has_ans_qids = [qid for qid in gold if has_ans[qid]]
-    no_ans_qids = [qid for qid in gold if not has_ans[qid]]
-    if has_ans_qids:
-        merge_eval(out, make_eval_dict(exact, f1, has_ans_qids), "HasAns")
-    if no_ans_qids:
-        merge_eval(out, make_eval_dict(exact, f1, no_ans_qids), "NoAns")
+    out = collections.OrderedDict()  # the official keys in the official order
+    for prefix, qids in (("", list(gold)), ("HasAns_", [qid for qid in gold if has_ans[qid]]),
+                         ("NoAns_", [qid for qid in gold if not has_ans[qid]])):
+        if qids:
+            out[prefix + "exact"] = 100.0 * sum(exact[qid] for qid in qids) / len(qids)
+            out[prefix + "f1"] = 100.0 * sum(f1[qid] for qid in qids) / len(qids)
+            out[prefix + "total"] = len(qids)
     if na_probs is not None:
         out["best_exact"], out["best_exact_thresh"] = find_best_thresh(preds, exact_raw, probs, has_ans)
         out["best_f1"], out["best_f1_thresh"] = find_best_thresh(preds, f1_raw, probs, has_ans)
@@ -162,51 +149,26 @@ def squad_v2_metrics(dataset, predictions, na_probs=None, na_prob_thresh=1.0, ou
     return out
 
 
-def apply_no_ans_threshold(scores, na_probs, has_ans, na_prob_thresh):
-    """Above the threshold the model says "no answer": right (1.0) exactly when the question has none."""
-    return {qid: float(not has_ans[qid]) if na_probs[qid] > na_prob_thresh else s for qid, s in scores.items()}
-
-
-def make_eval_dict(exact, f1, qids):
-    total = len(qids)
-    return collections.OrderedDict([
-        ("exact", 100.0 * sum(exact[qid] for qid in qids) / total),
-        ("f1", 100.0 * sum(f1[qid] for qid in qids) / total),
-        ("total", total),
-    ])
-
-
-def merge_eval(out, new, prefix):
-    for key, value in new.items():
-        out[f"{prefix}_{key}"] = value
-
-
 def find_best_thresh(preds, scores, na_probs, has_ans):
     """(best score in %, the threshold giving it): the threshold that would maximise the total score.
-
-    With the threshold below every probability, everything is "no answer": every unanswerable question is
-    right. Raising it past a question's probability lets its prediction through: an answerable question gains
-    its score; an unanswerable one loses 1 if the prediction is non-empty (the raw string, as officially: " "
-    counts as an answer here). Questions with equal probabilities are walked one by one in the na_probs order
-    and the first running maximum wins, exactly as the official script does (it has no special case for ties).
-    """
+    Below every probability, everything is "no answer": every unanswerable question is right. Raising it past a
+    question's probability lets its prediction through: an answerable question gains its score; an unanswerable
+    one loses 1 if the prediction is non-empty (the raw string, as officially: " " counts as an answer here).
+    Ties are walked one by one in the na_probs order and the first running maximum wins, as officially."""
     order = sorted(na_probs, key=na_probs.__getitem__)  # stable: ties keep the na_probs order
     diffs = [scores[qid] if has_ans[qid] else (-1 if preds[qid] else 0) for qid in order]
     start = sum(1 for qid in has_ans if not has_ans[qid])
-    running = np.cumsum([start] + diffs, dtype=np.float64)[1:]  # sequential sums, as the official loop adds
-    best = int(np.argmax(running)) if len(running) else 0
-    if len(running) and running[best] > start:
-        return 100.0 * float(running[best]) / len(scores), na_probs[order[best]]
-    return 100.0 * start / len(scores), 0.0
+    running = np.cumsum([start] + diffs, dtype=np.float64)  # sequential sums, as the official loop adds
+    best = int(np.argmax(running))  # the first maximum; 0: no threshold beats "everything is no answer"
+    if best == 0:
+        return 100.0 * start / len(scores), 0.0
+    return 100.0 * float(running[best]) / len(scores), na_probs[order[best - 1]]
 
 
 def precision_recall_curve(scores, na_probs, has_ans):
-    """Rank answers by increasing no-answer probability; at each distinct probability, the precision (score
-    of the answerable questions so far / questions so far) and recall (/ all answerable questions).
-
-    Returns (precisions, recalls, average precision in %). A threshold can only sit between different
-    probabilities, so tied questions enter together.
-    """
+    """(precisions, recalls, average precision in %), ranking answers by increasing no-answer probability. At each
+    distinct probability (a threshold sits only between different ones, so ties enter together): precision = score
+    of the answerable questions so far / questions so far; recall = that score / all answerable questions."""
     order = sorted(na_probs, key=na_probs.__getitem__)
     probs = np.array([na_probs[qid] for qid in order], dtype=np.float64)
     true_pos = np.cumsum([scores[qid] if has_ans[qid] else 0.0 for qid in order], dtype=np.float64)
@@ -220,27 +182,29 @@ def precision_recall_curve(scores, na_probs, has_ans):
     return precisions, recalls, 100.0 * float(average_precision)
 
 
-PR_TITLES = {
-    "pr_exact": "Precision-Recall curve for Exact Match score",
-    "pr_f1": "Precision-Recall curve for F1 score",
-    "pr_oracle": "Oracle Precision-Recall curve (binary task of HasAns vs. NoAns)",
-}
-
-
 def precision_recall_analysis(out, exact_raw, f1_raw, na_probs, has_ans, out_image_dir):
     """Add pr_exact_ap, pr_f1_ap, pr_oracle_ap to `out`; write their curves and the no-answer histograms."""
     figure = _figure_class()  # fails early, and clearly, without matplotlib
     os.makedirs(out_image_dir, exist_ok=True)
-    if any(has_ans.values()):
-        oracle = {qid: float(h) for qid, h in has_ans.items()}  # a perfect answerer: recall of HasAns alone
-        for name, scores in (("pr_exact", exact_raw), ("pr_f1", f1_raw), ("pr_oracle", oracle)):
-            precisions, recalls, ap = precision_recall_curve(scores, na_probs, has_ans)
-            _plot_pr_curve(figure, precisions, recalls, os.path.join(out_image_dir, name + ".png"), PR_TITLES[name])
-            out[name + "_ap"] = ap
+    oracle = {qid: float(h) for qid, h in has_ans.items()}  # a perfect answerer: recall of HasAns alone
+    curves = [("pr_exact", exact_raw, "Precision-Recall curve for Exact Match score"),
+              ("pr_f1", f1_raw, "Precision-Recall curve for F1 score"),
+              ("pr_oracle", oracle, "Oracle Precision-Recall curve (binary task of HasAns vs. NoAns)")]
+    for name, scores, title in curves if any(has_ans.values()) else []:  # no curves without an answerable question
+        precisions, recalls, out[name + "_ap"] = precision_recall_curve(scores, na_probs, has_ans)
+        ax = figure().subplots()
+        ax.step(recalls, precisions, color="b", alpha=0.2, where="post")
+        ax.fill_between(recalls, precisions, step="post", alpha=0.2, color="b")
+        ax.set(xlabel="Recall", ylabel="Precision", xlim=(0.0, 1.05), ylim=(0.0, 1.05), title=title)
+        _save(ax, os.path.join(out_image_dir, name + ".png"))
     for name, wanted in (("hasAns", True), ("noAns", False)):
         values = [na_probs[qid] for qid in has_ans if has_ans[qid] == wanted]
         if values:
-            _plot_histogram(figure, values, os.path.join(out_image_dir, f"na_prob_hist_{name}.png"), name)
+            ax = figure().subplots()
+            ax.hist(values, weights=np.full(len(values), 1.0 / len(values)), bins=20, range=(0.0, 1.0))
+            ax.set(xlabel="Model probability of no-answer", ylabel="Proportion of dataset",
+                   title=f"Histogram of no-answer probability: {name}")
+            _save(ax, os.path.join(out_image_dir, f"na_prob_hist_{name}.png"))
 
 
 def _figure_class():
@@ -251,27 +215,9 @@ def _figure_class():
     return Figure
 
 
-def _plot_pr_curve(figure, precisions, recalls, path, title):
-    fig = figure()
-    ax = fig.subplots()
-    ax.step(recalls, precisions, color="b", alpha=0.2, where="post")
-    ax.fill_between(recalls, precisions, step="post", alpha=0.2, color="b")
-    ax.set(xlabel="Recall", ylabel="Precision", xlim=(0.0, 1.05), ylim=(0.0, 1.05), title=title)
-    _save(fig, path)
-
-
-def _plot_histogram(figure, values, path, name):
-    fig = figure()
-    ax = fig.subplots()
-    ax.hist(values, weights=np.full(len(values), 1.0 / len(values)), bins=20, range=(0.0, 1.0))
-    ax.set(xlabel="Model probability of no-answer", ylabel="Proportion of dataset",
-           title=f"Histogram of no-answer probability: {name}")
-    _save(fig, path)
-
-
-def _save(fig, path):
+def _save(ax, path):
     with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png")
+        ax.figure.savefig(f, format="png")
 
 
 def _first(ids, n=5):

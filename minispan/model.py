@@ -1,8 +1,7 @@
 """The BERT encoder and the SQuAD span head, written from the BERT paper.
 
-Module names are exactly the checkpoints' (bert.embeddings.word_embeddings,
-bert.encoder.layer.N.attention.self.query, ..., qa_outputs), so loading SpanBERT's weights is
-only a matter of prefixes and aliases (see weights.py).
+Module names are exactly the checkpoints' (bert.embeddings.word_embeddings, bert.encoder.layer.N.attention.self.query,
+..., qa_outputs), so loading SpanBERT's weights is only a matter of prefixes and aliases (see weights.py).
 
 One layer (post-LayerNorm, as in the original BERT):
     x = LayerNorm(x + Dropout(Dense(SelfAttention(x))))       attention.self / attention.output
@@ -49,18 +48,15 @@ class BertSelfAttention(nn.Module):
 
     def forward(self, x, mask):  # x (B, L, H); mask (B, 1, 1, L), True where a key may be attended to
         B, L, H = x.shape
-        # The three projections as one [H -> 3H] matrix product: the values of query(x), key(x), value(x)
-        # (up to float rounding), but one kernel instead of three, and under autocast one bf16 copy of x
-        # instead of three (a training step dispatches 17% fewer operations: bench/step_overhead.py). The
-        # weights stay in the three checkpoint-named Linears; stacking them copies 3 H^2 + 3 H numbers,
-        # little next to the product over B * L tokens.
+        # query(x), key(x), value(x) as one [H -> 3H] matrix product: the same values up to rounding, but one kernel
+        # and under autocast one bf16 copy of x instead of three (a training step dispatches 17% fewer operations:
+        # bench/step_overhead.py). The weights stay in the checkpoint-named Linears; stacking copies 3 H^2 + 3 H.
         weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3H, H)
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # (3H,)
         qkv = F.linear(x, weight, bias).view(B, L, 3, self.num_heads, H // self.num_heads)  # (B, L, 3, nh, hs)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (3, B, nh, L, hs): q, k and v, each (B, nh, L, hs)
-        # softmax(q k^T / sqrt(head_size)) v, with padded keys masked out. SDPA picks a fused kernel that
-        # never materialises the [L, L] matrix (on CUDA with a mask: memory-efficient or cuDNN attention;
-        # flash attention takes no mask).
+        # softmax(q k^T / sqrt(head_size)) v, with padded keys masked out. SDPA picks a fused kernel that never
+        # materialises the (B, nh, L, L) scores (on CUDA with a mask: memory-efficient or cuDNN; flash takes no mask).
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.dropout_p if self.training else 0.0)  # (B, nh, L, hs)
         return y.transpose(1, 2).reshape(B, L, H)  # the heads side by side again: (B, L, H)
@@ -136,10 +132,8 @@ class BertModel(nn.Module):
                              f"{self.config.max_position_embeddings}")
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        # attention_mask is 1 for real tokens, 0 for padding. SDPA takes a boolean mask, True = may
-        # attend, shaped [B, 1, 1, L] to broadcast over heads and query positions: padded keys are
-        # invisible to every query, so padding never changes the real positions' outputs.
-        # Without a mask SDPA may use the flash kernel.
+        # attention_mask is 1 for real tokens, 0 for padding; as a boolean (B, 1, 1, L) mask it broadcasts over heads
+        # and query positions: no query sees a padded key, so padding never changes the real positions' outputs.
         mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()  # (B, 1, 1, L)
         return self.encoder(self.embeddings(input_ids, token_type_ids), mask)  # (B, L, H)
 
@@ -162,17 +156,13 @@ class BertForQuestionAnswering(nn.Module):
         self.apply(self.init_weights)
 
     def init_weights(self, module):
-        """BERT's initialiser: normal(0, initializer_range) weights, zero biases, LayerNorm 1 and 0."""
+        """BERT's initialiser: normal(0, initializer_range) weights, zero biases (LayerNorm keeps torch's 1 and 0)."""
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
         if isinstance(module, nn.Linear):
             nn.init.zeros_(module.bias)
         if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-            with torch.no_grad():
-                module.weight[module.padding_idx].zero_()
-        if isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+            nn.init.zeros_(module.weight[module.padding_idx])
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, start_positions=None, end_positions=None):
         hidden = self.bert(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)  # (B, L, H)
@@ -188,9 +178,7 @@ def span_loss(start_logits, end_logits, start_positions, end_positions):
     the end, and ignored, as in run_squad and transformers (build_features never makes one: an answer not
     wholly inside a window points at [CLS])."""
     L = start_logits.size(1)
-    start_positions = start_positions.reshape(-1).clamp(0, L)
-    end_positions = end_positions.reshape(-1).clamp(0, L)
     # In float32 even for a bf16 model: the softmax over hundreds of positions needs the precision.
-    start_loss = F.cross_entropy(start_logits.float(), start_positions, ignore_index=L)
-    end_loss = F.cross_entropy(end_logits.float(), end_positions, ignore_index=L)
+    start_loss = F.cross_entropy(start_logits.float(), start_positions.reshape(-1).clamp(0, L), ignore_index=L)
+    end_loss = F.cross_entropy(end_logits.float(), end_positions.reshape(-1).clamp(0, L), ignore_index=L)
     return (start_loss + end_loss) / 2

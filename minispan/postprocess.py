@@ -14,9 +14,6 @@ import numpy as np
 from minispan.features import check_positive_ints
 from minispan.files import write_json
 
-# When no window has a valid span at all, the question can only be unanswerable: give it odds above any real one.
-NO_SPAN_NULL_ODDS = 1e9
-
 
 def as_numpy(logits):
     if hasattr(logits, "detach"):  # a torch tensor
@@ -25,24 +22,16 @@ def as_numpy(logits):
 
 
 def feature_candidates(feature, start_logits, end_logits, n_best_size, max_answer_length):
-    """Valid spans among the n_best_size best starts x n_best_size best ends of one feature.
-
-    Returns arrays (starts, ends, scores). Valid: both ends in the context, end >= start, at most
-    max_answer_length tokens, and the start token is max-context in this window (so overlapping windows
-    do not score the same span twice). Computed as an n x n matrix, not a double loop.
-    """
+    """Arrays (starts, ends, scores) of the valid spans among the n_best_size best starts x best ends of one feature:
+    both ends in the context, end >= start, at most max_answer_length tokens, the start max-context in this window."""
     in_context = np.array([o is not None for o in feature.offsets])
-    max_context = np.asarray(feature.token_is_max_context, dtype=bool)
+    max_context = np.asarray(feature.token_is_max_context, dtype=bool)  # overlapping windows: score a span once
     # Best first; a stable sort keeps the lower index first among equal logits, as the original's sort does.
     top_starts = np.argsort(-start_logits, kind="stable")[:n_best_size]
     top_ends = np.argsort(-end_logits, kind="stable")[:n_best_size]
     starts, ends = top_starts[:, None], top_ends[None, :]  # (n, 1) and (1, n): a row per start, a column per end
-    valid = (
-        (in_context[starts] & max_context[starts])
-        & in_context[ends]
-        & (ends >= starts)
-        & (ends - starts + 1 <= max_answer_length)
-    )
+    valid = (in_context[starts] & max_context[starts] & in_context[ends]
+             & (ends >= starts) & (ends - starts + 1 <= max_answer_length))  # an n x n matrix, not a double loop
     rows, cols = np.nonzero(valid)
     s, e = top_starts[rows], top_ends[cols]
     return s, e, start_logits[s] + end_logits[e]
@@ -56,14 +45,11 @@ def softmax(scores):
 
 def postprocess(examples, features, start_logits, end_logits, *, n_best_size=20, max_answer_length=30,
                 null_score_diff_threshold=0.0):
-    """Returns (predictions, null_odds, nbest), dicts keyed by question id.
-
-    start_logits / end_logits: one 1-D array (or tensor) per feature, in `features` order, of that feature's
-    length. nbest[qid] lists up to n_best_size distinct answers, best first, and the null answer "" always:
-    after them when it ranks lower (n_best_size + 1 entries then). Each entry has `probability` (softmax
-    over the listed scores), `start_logit`, `end_logit`, and for spans the character offsets `start`, `end`
-    in the context.
-    """
+    """Returns (predictions, null_odds, nbest), dicts keyed by question id. start_logits / end_logits: one 1-D array
+    (or tensor) per feature, in `features` order, of that feature's length. nbest[qid] lists up to n_best_size
+    distinct answers, best first, and the null answer "" always: after them when it ranks lower (n_best_size + 1
+    entries then). Each entry has `probability` (softmax over the listed scores), `start_logit`, `end_logit`,
+    and for spans the character offsets `start`, `end` in the context."""
     check_inputs(examples, features, start_logits, end_logits, n_best_size, max_answer_length)
     by_example = [[] for _ in examples]
     for i, feature in enumerate(features):
@@ -74,14 +60,18 @@ def postprocess(examples, features, start_logits, end_logits, *, n_best_size=20,
         spans, null = [], None  # the valid spans of all its windows; the lowest-scoring [CLS] among them
         for i in feature_ids:
             s_logits, e_logits = as_numpy(start_logits[i]), as_numpy(end_logits[i])
-            if null is None or s_logits[0] + e_logits[0] < null["score"]:
-                null = {"text": "", "score": s_logits[0] + e_logits[0], "start_logit": s_logits[0],
-                        "end_logit": e_logits[0]}
-            spans += feature_spans(example, features[i], s_logits, e_logits, n_best_size, max_answer_length)
+            cls_score = s_logits[0] + e_logits[0]
+            if null is None or cls_score < null["score"]:
+                null = {"text": "", "score": cls_score, "start_logit": s_logits[0], "end_logit": e_logits[0]}
+            candidates = feature_candidates(features[i], s_logits, e_logits, n_best_size, max_answer_length)
+            for s, e, score in zip(*candidates):  # its text is an exact substring of the context
+                start, end = int(features[i].offsets[s][0]), int(features[i].offsets[e][1])
+                spans.append({"text": example.context[start:end], "score": score, "start_logit": s_logits[s],
+                              "end_logit": e_logits[e], "start": start, "end": end})
         entries = nbest_entries(spans, null, n_best_size)
         best_span = next((entry for entry in entries if entry["text"]), None)
-        # No valid span in any window (or no window): nothing to answer with.
-        odds = NO_SPAN_NULL_ODDS if best_span is None else float(null["score"] - best_span["score"])
+        # No valid span in any window (or no window): it can only be unanswerable, with odds above any real one.
+        odds = 1e9 if best_span is None else float(null["score"] - best_span["score"])
         null_odds[example.id] = odds
         predictions[example.id] = best_span["text"] if best_span and odds <= null_score_diff_threshold else ""
         probabilities = softmax([entry["score"] for entry in entries]) if entries else []
@@ -92,30 +82,14 @@ def postprocess(examples, features, start_logits, end_logits, *, n_best_size=20,
     return predictions, null_odds, nbest
 
 
-def feature_spans(example, feature, start_logits, end_logits, n_best_size, max_answer_length):
-    """One window's valid spans as n-best entries: text (an exact substring of the context), score, logits,
-    character offsets."""
-    return [{"text": example.context[feature.offsets[s][0]:feature.offsets[e][1]], "score": score,
-             "start_logit": start_logits[s], "end_logit": end_logits[e],
-             "start": int(feature.offsets[s][0]), "end": int(feature.offsets[e][1])}
-            for s, e, score in zip(*feature_candidates(feature, start_logits, end_logits, n_best_size,
-                                                       max_answer_length))]
-
-
 def nbest_entries(spans, null, n_best_size):
-    """The n-best list: candidates best first, the null answer among them; the same text from different
-    spans or windows is listed once, with its best score. The null answer is always listed, even when it
-    ranks lower."""
-    candidates = spans + ([null] if null else [])
-    candidates.sort(key=lambda c: -c["score"])  # stable: a span beats the null answer on a tie, as in the original
-    entries, seen = [], set()
-    for candidate in candidates:
-        if len(entries) == n_best_size:
-            break
-        if candidate["text"] not in seen:
-            seen.add(candidate["text"])
-            entries.append(candidate)
-    if null and "" not in seen:
+    """The n-best list: candidates best first, the same text from different spans or windows listed once, with
+    its best score. The null answer is always listed, even when it ranks lower."""
+    best = {}  # text -> its first candidate in score order (stable: a span beats "" on a tie, as in the original)
+    for candidate in sorted(spans + ([null] if null else []), key=lambda c: -c["score"]):
+        best.setdefault(candidate["text"], candidate)
+    entries = list(best.values())[:n_best_size]
+    if null and all(entry["text"] for entry in entries):
         entries.append(null)
     return entries
 

@@ -32,14 +32,12 @@ def predict_logits(model, features, device, precision, *, batch_size=64, pad_tok
     """Start and end logits for every feature, unpadded, in the features' order (as postprocess wants)."""
     model.eval()
     lengths = [len(f.input_ids) for f in features]
-    # The logits stay on the device until every batch is queued: copying each batch back as it comes
-    # would make the host wait for the GPU, batch after batch, instead of preparing the next one.
+    # The logits stay on the device until every batch is queued: copying each back as it comes makes the host wait.
     outputs = []
     for indices in tqdm(batch_indices(lengths, batch_size), desc="predict", disable=not progress):
         # Rounded widths, as in training: a shape's first batch costs extra (cuDNN plans its attention).
         width = batch_width([lengths[i] for i in indices], model.config.max_position_embeddings)
-        batch = make_batch([features[i] for i in indices], pad_token_id, pin_memory=device.type == "cuda",
-                           length=width)
+        batch = make_batch([features[i] for i in indices], pad_token_id, pin_memory=device.type == "cuda", length=width)
         with autocast(device, precision):
             out = model(**{name: t.to(device, non_blocking=True) for name, t in batch.items()})
         outputs.append((indices, out.start_logits.float(), out.end_logits.float()))
@@ -60,16 +58,14 @@ def evaluate(model, dev, rt, pad_token_id, output_dir=None):
         raise ValueError("the model's outputs are not finite (NaN or inf): training diverged; see the loss in "
                          "log.jsonl, and try a lower --lr")
     predictions, null_odds, nbest = postprocess(dev.examples, dev.features, start_logits, end_logits)
-    # We score every question's best span with its null odds, cut by the metrics at threshold 0. The raw
-    # EM/F1 are exactly those of predictions.json (already cut at 0), and the best_* search can also try
-    # thresholds above 0, where predictions.json has already answered "" (SpanBERT scored the same way).
-    best_spans = {qid: next((entry["text"] for entry in entries if entry["text"]), "")
-                  for qid, entries in nbest.items()}
+    # We score every question's best span with its null odds, cut by the metrics at threshold 0. The raw EM/F1 are
+    # exactly those of predictions.json (already cut at 0), and the best_* search can also try thresholds above 0,
+    # where predictions.json has already answered "" (SpanBERT scored the same way).
+    best_spans = {qid: next(filter(None, (entry["text"] for entry in entries)), "") for qid, entries in nbest.items()}
     metrics = squad_v2_metrics(dev.dataset, best_spans, na_probs=null_odds, na_prob_thresh=0.0)
     if output_dir is not None:
         write_predictions(output_dir, predictions, null_odds)
-        # evaluate.py span_predictions.json DEV -n null_odds.json -t 0 gives eval_results.json again
-        # (without --limit: `dataset` is then the whole dev file).
+        # `evaluate.py span_predictions.json DEV -n null_odds.json -t 0` gives eval_results.json again (without --limit)
         write_json(Path(output_dir) / "span_predictions.json", best_spans)
         write_json(Path(output_dir) / "eval_results.json", metrics)
     return metrics

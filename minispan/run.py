@@ -43,9 +43,7 @@ DEMO = dict(model=None, train_file=str(SAMPLE), dev_file=str(SAMPLE), output_dir
             save_every=100, log_every=20, device="cpu")
 DEMO_MODEL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                   max_position_embeddings=256)
-
 SAVED = [f for f in dataclasses.fields(TrainConfig) if f.name not in ("resume", "overwrite", "eval_only")]
-
 # Files a run writes in --output-dir: another run's are never overwritten without --overwrite.
 RUN_FILES = ("run_config.json", "log.jsonl", "checkpoints", "config.json", "model.safetensors", "vocab.txt",
              "tokenizer_config.json", "predictions.json", "null_odds.json", "span_predictions.json",
@@ -55,13 +53,13 @@ MAX_PLAN = 10**7  # epochs x training features (75 epochs of SQuAD 2.0's train s
 
 
 def train(cfg, run_dir):
-    """The whole job: inputs, model, fine-tuning with checkpoints, then the dev evaluation. Returns the
-    metrics (None in processes other than rank 0)."""
+    """The whole job: inputs, model, fine-tuning with checkpoints, the dev evaluation; rank 0 returns the metrics."""
     rt = start_runtime(cfg)
     run_dir.check(rt.rank)
     if rt.world_size > 1:
         start_process_group(rt)  # waits for every process: all have checked the output dir
-    train_examples, dev_examples, dev_dataset = read_data(cfg, rt)
+    train_examples = read_questions(cfg, "train", rt)
+    dev_examples, dev_dataset = read_dev(cfg, rt)
     checkpoint = latest_checkpoint(run_dir.path) if cfg.resume else None
     torch.manual_seed(cfg.seed)  # the same fresh head (or demo model) in every process
     tokenizer, model, source = tokenizer_and_model(cfg, rt, train_examples, checkpoint)
@@ -88,10 +86,11 @@ def train(cfg, run_dir):
         logger.info("%d training features from %d questions; %s on %s; %d process(es) x %d features per "
                     "micro-batch", len(features), len(train_examples), rt.precision, rt.device, rt.world_size,
                     min(per_device, share))
-        if checkpoint:
-            run_dir.continue_from(checkpoint)
+        if checkpoint:  # the log past the checkpoint's step is written again
+            run_dir.remove()
+            truncate_log(run_dir.path / "log.jsonl", int(checkpoint.name[len("step-"):]))
         else:  # a new run, or a resumed one killed before its first checkpoint: from the start
-            run_dir.start(cfg, tokenizer, source, rt)
+            run_dir.start(tokenizer, source, rt)
 
     fine_tune(model, data, cfg, rt, checkpoint)
 
@@ -104,22 +103,11 @@ def train(cfg, run_dir):
     return metrics
 
 
-def read_data(cfg, rt):
-    """The training questions, the dev questions, and the dev file's data as the official evaluation takes
-    it (only the questions we predict). Checked now, as the scoring at the end will check them."""
-    cfg.train_file = squad_file(cfg.train_file, "train", rt)
-    train_examples = read_questions(cfg.train_file, cfg.limit, training=True)
-    if all(example.is_impossible for example in train_examples):
-        raise TrainingError(f"{cfg.train_file}: no answerable questions to learn spans from")
-    return (train_examples, *read_dev(cfg, rt))
-
-
 def read_dev(cfg, rt):
-    """The dev questions, and the dev file's data holding just those, as the official evaluation takes it."""
+    """The dev questions, and the dev file's data holding just those for the official evaluation, checked as it will."""
     from minispan.metrics import gold_answers
 
-    cfg.dev_file = squad_file(cfg.dev_file, "dev", rt)
-    dev_examples = read_questions(cfg.dev_file, cfg.limit)
+    dev_examples = read_questions(cfg, "dev", rt)
     keep = {example.id for example in dev_examples}
     data = read_json(cfg.dev_file)["data"]  # read_squad has checked the file's shape
     data = [dict(article, paragraphs=[dict(p, qas=[q for q in p["qas"] if q["id"] in keep])
@@ -131,23 +119,24 @@ def read_dev(cfg, rt):
     return dev_examples, data
 
 
-def read_questions(path, limit, training=False):
-    """The first `limit` questions (all when None) of a SQuAD 2.0 file, as Examples."""
-    examples = read_squad(path, training=training)[:limit]
+def read_questions(cfg, split, rt):
+    """The first --limit questions of --train-file / --dev-file, else of the official file in data/ (downloaded by
+    rank 0 when missing), whose path becomes the cfg's."""
+    path = getattr(cfg, f"{split}_file")
+    if path is None:
+        from minispan.download import ensure_squad
+
+        path = main_process_first(lambda: ensure_squad(split, data_dir="data"), rt.rank == 0, rt.world_size)
+    elif not Path(path).is_file():
+        raise TrainingError(f"--{split}-file {path}: no such file")
+    path = Path(path)
+    setattr(cfg, f"{split}_file", path)
+    examples = read_squad(path, training=split == "train")[:cfg.limit]
     if not examples:
         raise TrainingError(f"{path}: no questions")
+    if split == "train" and all(example.is_impossible for example in examples):
+        raise TrainingError(f"{path}: no answerable questions to learn spans from")
     return examples
-
-
-def squad_file(path, split, rt):
-    """--train-file / --dev-file, or the official file in data/ (downloaded by rank 0 when missing)."""
-    if path is not None:
-        if not Path(path).is_file():
-            raise TrainingError(f"--{split}-file {path}: no such file")
-        return Path(path)
-    from minispan.download import ensure_squad
-
-    return main_process_first(lambda: ensure_squad(split, data_dir="data"), rt.rank == 0, rt.world_size)
 
 
 def model_dir(name, rt):
@@ -177,17 +166,16 @@ def tokenizer_and_model(cfg, rt, train_examples, checkpoint):
     if model.config.vocab_size < tokenizer.vocab_size:
         raise TrainingError(f"--model {cfg.model}: vocabulary of {tokenizer.vocab_size} tokens but the model "
                             f"has {model.config.vocab_size} embeddings")
-    positions = model.config.max_position_embeddings
-    if cfg.max_seq_length > positions:
-        raise TrainingError(f"--max-seq-length {cfg.max_seq_length}: the model "
-                            f"({'the demo' if cfg.demo else cfg.model}) has {positions} positions; use "
-                            f"--max-seq-length {positions} or less")
+    if cfg.max_seq_length > (positions := model.config.max_position_embeddings):
+        model_name = "the demo" if cfg.demo else cfg.model
+        raise TrainingError(f"--max-seq-length {cfg.max_seq_length}: the model ({model_name}) has {positions} "
+                            f"positions; use --max-seq-length {positions} or less")
     return tokenizer, model, source
 
 
 def evaluate_only(cfg):
-    """train.py --eval-only: predict and score the dev set with the fine-tuned --model, as run_squad's --do_eval
-    did, with its settings (train_cli.EVAL_ONLY); only the prediction files are written. Returns the metrics."""
+    """train.py --eval-only: predict and score the dev set with the fine-tuned --model, as run_squad's --do_eval did,
+    with its settings (train_cli.EVAL_ONLY); only the prediction files are written. Returns the metrics."""
     rt = start_runtime(cfg)
     out = Path(cfg.output_dir)
     if not cfg.overwrite and any((out / name).exists() for name in PREDICTION_FILES):
@@ -203,10 +191,9 @@ def evaluate_only(cfg):
 
 
 def demo_tokenizer(examples):
-    """A WordPiece vocabulary for the demo, built from the sample's own text: every character (as a word's
-    first piece and as a ##continuation), then every word, most frequent first. Not tokenizers' WordPiece trainer:
-    it breaks ties in hash-map order, which changes from process to process, and the demo's processes (torchrun,
-    --resume, the tests that compare runs) must all get the same vocabulary."""
+    """A WordPiece vocabulary for the demo from the sample's own text: every character (as a first piece and as a
+    ##continuation), then every word, most frequent first. Not tokenizers' trainer: it breaks ties in hash-map order,
+    which differs between processes, and the demo's (torchrun, --resume, the tests comparing runs) must agree."""
     from tokenizers import normalizers, pre_tokenizers
 
     normalize, split = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
@@ -223,8 +210,7 @@ class RunDir:
     --resume), cleared for a new run; once run_config.json is written, Ctrl-C can say how to resume it."""
 
     def __init__(self, cfg):
-        self.path, self.lock_file, self.resumable = Path(cfg.output_dir), None, bool(cfg.resume)
-        self.overwrite, self.demo, self.resume = cfg.overwrite, cfg.demo, cfg.resume
+        self.cfg, self.path, self.lock_file, self.resumable = cfg, Path(cfg.output_dir), None, bool(cfg.resume)
 
     def check(self, rank=0):
         out = self.path
@@ -233,17 +219,16 @@ class RunDir:
         if rank == 0 and out.is_dir():
             self.lock()  # first: a run at work in it is what to report
         present = [name for name in RUN_FILES if (out / name).exists()]
-        if self.resume or self.overwrite or not present:
+        if self.cfg.resume or self.cfg.overwrite or not present:
             return
         with contextlib.suppress(ValueError, AttributeError):  # re-running the demo replaces the demo
-            if self.demo and read_json_object(out / "run_config.json").get("args", {}).get("demo") is True:
+            if self.cfg.demo and read_json_object(out / "run_config.json").get("args", {}).get("demo") is True:
                 return
         raise TrainingError(f"--output-dir {out} holds another run ({', '.join(present)}); "
                             "use --resume to continue it, --overwrite to replace it, or another --output-dir")
 
     def lock(self):
-        """Hold .lock in the output dir for the run's life (close() lets go): a second run there is refused,
-        not interleaved with this one. The kernel drops an flock with its process, even on kill -9."""
+        """Hold .lock in the output dir until close() (or the process ends): a second run there is refused."""
         if self.lock_file is None:
             self.path.mkdir(parents=True, exist_ok=True)
             self.lock_file, holder = lock_file(self.path / ".lock")
@@ -255,26 +240,22 @@ class RunDir:
         if self.lock_file:
             self.lock_file.close()  # lets go of the lock
 
-    def start(self, cfg, tokenizer, source, rt):
+    def start(self, tokenizer, source, rt):
         """A run from its start: remove a previous run's files (the names a run writes; run_config.json last)
         and a killed run's leftovers, write run_config.json (from then on --resume continues it), the tokenizer."""
         self.lock()
-        if cfg.resume:
+        if self.cfg.resume:
             logger.warning("no checkpoint in %s: starting the run over", self.path / "checkpoints")
         self.remove(RUN_FILES[1:])
-        saved = {f.name: getattr(cfg, f.name) for f in SAVED}
+        saved = {f.name: getattr(self.cfg, f.name) for f in SAVED}
         # The files actually used, as absolute paths: a --resume from another directory reads the same ones.
-        saved.update(train_file=str(Path(cfg.train_file).resolve()), dev_file=str(Path(cfg.dev_file).resolve()))
+        saved.update({name: str(Path(saved[name]).resolve()) for name in ("train_file", "dev_file")})
         if source is not None:
             saved["model"] = str(source.resolve())
         write_json(self.path / "run_config.json", {"args": saved, "world_size": rt.world_size,
                                                    "precision": rt.precision, "device": str(rt.device)})
         self.resumable = True
         tokenizer.save(self.path)
-
-    def continue_from(self, checkpoint):
-        self.remove()
-        truncate_log(self.path / "log.jsonl", int(checkpoint.name[len("step-"):]))
 
     def remove(self, names=()):
         """Remove `names`, and the hidden temporary files a killed run leaves (as large as the model): atomic_write's

@@ -1,5 +1,6 @@
 """Where a run computes: --device and --precision resolved and checked, and torchrun's processes."""
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -24,22 +25,18 @@ def resolve_device(name, local_rank=0, world_size=1):
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise TrainingError(f"--device {name}: no CUDA GPU is available to this torch "
-                                f"({torch.__version__}); use --device cpu")
-        if name != "cuda" and world_size > 1:
-            raise TrainingError(f"--device {name}: under torchrun each process uses the GPU of its LOCAL_RANK; "
-                                "use --device cuda")
-        index = name.removeprefix("cuda").removeprefix(":")
-        if index and not index.isdigit():
-            raise TrainingError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
-        index = int(index) if index else local_rank
-        if not 0 <= index < torch.cuda.device_count():
-            raise TrainingError(f"--device {name}: GPU {index} does not exist "
-                                f"({torch.cuda.device_count()} visible)")
-        return torch.device("cuda", index)
-    raise TrainingError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
+    if not re.fullmatch(r"cuda(:\d*)?", name):
+        raise TrainingError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise TrainingError(f"--device {name}: no CUDA GPU is available to this torch ({torch.__version__}); "
+                            "use --device cpu")
+    if name != "cuda" and world_size > 1:
+        raise TrainingError(f"--device {name}: under torchrun each process uses the GPU of its LOCAL_RANK; "
+                            "use --device cuda")
+    index = int(name[len("cuda:"):] or local_rank)  # plain "cuda": under torchrun, the GPU of this LOCAL_RANK
+    if not 0 <= index < torch.cuda.device_count():
+        raise TrainingError(f"--device {name}: GPU {index} does not exist ({torch.cuda.device_count()} visible)")
+    return torch.device("cuda", index)
 
 
 def resolve_precision(precision, device):
@@ -57,9 +54,8 @@ def resolve_precision(precision, device):
 
 
 def start_runtime(cfg):
-    """This process's Runtime: torchrun's RANK/LOCAL_RANK/WORLD_SIZE (one process without torchrun), its
-    device and precision. The process group (NCCL between GPUs, gloo on the CPU) starts later, with
-    start_process_group, once this process has checked what it can alone."""
+    """This process's Runtime: torchrun's RANK/LOCAL_RANK/WORLD_SIZE (none: one process), device and precision. The
+    process group (NCCL or gloo) starts later, in start_process_group, once this process has checked what it can."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = (int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])) if world_size > 1 else (0, 0)
     device = resolve_device(cfg.device, local_rank, world_size)
@@ -72,14 +68,10 @@ def start_process_group(rt):
     torch.distributed.init_process_group("nccl" if rt.device.type == "cuda" else "gloo")
 
 
-def barrier(world_size):
-    if world_size > 1:
-        torch.distributed.barrier()
-
-
 def main_process_first(fetch, is_main, world_size):
     """Rank 0 runs fetch() (downloading what is missing) while the others wait; then they run it on what
     is there. Each process fetches once: fetch() also validates, which reads the whole file."""
     result = fetch() if is_main else None
-    barrier(world_size)
+    if world_size > 1:
+        torch.distributed.barrier()
     return result if is_main else fetch()

@@ -1,15 +1,13 @@
 """Read SQuAD 2.0 JSON into plain Example objects, validating as we go.
 
-The file is `{"version": ..., "data": [article, ...]}`; an article has a `title` and `paragraphs`; a paragraph
-has a `context` and `qas`; a question has an `id`, the `question`, `answers` (each `{"text", "answer_start"}`,
-a character offset into the context) and, in SQuAD 2.0, `is_impossible`. Unanswerable questions have no
-answers (their `plausible_answers` are ignored). Every problem is reported in one line naming the file, the
-question id and the field, so a broken file is fixed in one look.
+The file is `{"version": ..., "data": [article, ...]}`; an article has a `title` and `paragraphs`; a paragraph has
+a `context` and `qas`; a question has an `id`, the `question`, `answers` (each `{"text", "answer_start"}`, a
+character offset into the context) and, in SQuAD 2.0, `is_impossible`. Unanswerable questions have no answers
+(their `plausible_answers` are ignored). Every problem is one line naming the file, the question id and the field.
 """
 import json
 import warnings
 from dataclasses import dataclass, field
-from typing import List
 
 from minispan.files import read_json
 
@@ -26,7 +24,7 @@ class Example:
     title: str
     question: str
     context: str
-    answers: List[Answer] = field(default_factory=list)
+    answers: list[Answer] = field(default_factory=list)
     is_impossible: bool = False
 
 
@@ -39,13 +37,10 @@ class SquadWarning(UserWarning):
 
 
 def read_squad(path, training=False):
-    """Read a SQuAD 1.1/2.0 JSON file into a list of Example, in the file's order.
-
-    With training=True, answers that cannot be located in their context (answer_start out of range, or the
-    text is not there) are dropped with a warning, and so is an answerable question left with no usable
-    answer: the training target is taken from the answer's position. For evaluation such answers are kept
-    (a warning still names them) because scoring compares answer texts, not offsets.
-    """
+    """Read a SQuAD 1.1/2.0 JSON file into a list of Example, in the file's order. With training=True, answers that
+    cannot be located in their context (answer_start out of range, or the text is not there) are dropped with a
+    warning, and so is an answerable question left with no usable answer: the target is the answer's position. For
+    evaluation they are kept (a warning still names them): scoring compares texts."""
     try:
         root = read_json(path)
     except ValueError as e:
@@ -67,10 +62,8 @@ def read_squad(path, training=False):
                 if qid in seen:
                     raise SquadFormatError(f"{where_q}: duplicate id")
                 seen.add(qid)
-                example = _read_question(qa, qid, title, context, where_q, training)
-                if example is not None:
-                    examples.append(example)
-    return examples
+                examples.append(_read_question(qa, qid, title, context, where_q, training))
+    return [example for example in examples if example is not None]  # None: dropped for training
 
 
 def _read_question(qa, qid, title, context, where, training):
@@ -118,8 +111,6 @@ def get_field(obj, key, kind, where, default=None):
             return default
         raise SquadFormatError(f"{where}: missing field '{key}'")
     value = obj[key]
-    # bool is a subclass of int in Python, but `true` is not an offset.
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise SquadFormatError(f"{where}: field '{key}': expected {_TYPE_NAMES[kind]}, "
-                               f"got {json.dumps(value)[:40]}")
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):  # a bool is an int, not an offset
+        raise SquadFormatError(f"{where}: field '{key}': expected {_TYPE_NAMES[kind]}, got {json.dumps(value)[:40]}")
     return value

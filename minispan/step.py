@@ -1,11 +1,9 @@
 """One optimizer step: AdamW and its schedule, mixed precision, and the step over a global batch.
 
-The recipe is SpanBERT's: AdamW (weight decay 0.01, none on biases and LayerNorm weights), lr warming up
-linearly over the first 10% of the steps then decaying linearly to 0, gradients clipped at norm 1.0. It is
-PyTorch's AdamW, as in transformers' Trainer; SpanBERT's own Adam had no bias correction (docs/08).
-
-One step consumes one *global batch*. With P processes (torchrun) each takes every P-th feature of it, in
-micro-batches, adding up their gradients before the one update (micro_batches has the weights).
+The recipe is SpanBERT's: AdamW (weight decay 0.01, none on biases and LayerNorm weights), lr warming up linearly over
+the first 10% of the steps then decaying linearly to 0, gradients clipped at norm 1.0. It is PyTorch's AdamW, as in
+transformers' Trainer; SpanBERT's own Adam had no bias correction (docs/08). One step consumes one *global batch*,
+split over the processes and into micro-batches whose gradients add up before the one update (micro_batches).
 """
 import contextlib
 import math
@@ -25,22 +23,16 @@ class Optimization:
 
 
 def param_groups(model, weight_decay):
-    """AdamW groups: decay the weight matrices and embeddings; not the biases and LayerNorm weights.
-
-    Those are exactly the 1-D parameters in BERT (decaying a LayerNorm gain towards 0, or a bias, only
-    hurts), so we go by shape rather than by name.
-    """
+    """AdamW groups: decay the weight matrices and embeddings, not the biases and LayerNorm weights. Those are
+    exactly BERT's 1-D parameters (decaying a LayerNorm gain or a bias towards 0 only hurts): we go by shape."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
 
 
 def make_optimizer(model, lr, weight_decay, device):
-    # fused: the whole update in a few kernel launches on a GPU, one pass on the CPU (where the default
-    # loops over the tensors one by one). With fp16 it also takes the GradScaler's overflow flag on the
-    # device: the unfused path reads it with .item() every step, which makes the CPU wait for the GPU.
+    # fused: the update in a few kernel launches on a GPU, one pass on the CPU (the default loops over the tensors).
+    # With fp16 it reads the GradScaler's overflow flag on the device; the unfused path's .item() makes the CPU wait.
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, fused=device.type in ("cuda", "cpu"))
 
 
@@ -59,18 +51,14 @@ def linear_warmup_decay(optimizer, warmup_steps, total_steps):
 def make_optimization(model, recipe, rt, total_steps):
     """AdamW, its warm-up/decay schedule and (fp16 only) the loss scaler, from the recipe's settings."""
     optimizer = make_optimizer(model, recipe.lr, recipe.weight_decay, rt.device)
-    warmup_steps = math.ceil(recipe.warmup_ratio * total_steps)
-    scheduler = linear_warmup_decay(optimizer, warmup_steps, total_steps)
+    scheduler = linear_warmup_decay(optimizer, math.ceil(recipe.warmup_ratio * total_steps), total_steps)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
     return Optimization(optimizer, scheduler, scaler, recipe.max_grad_norm)
 
 
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-
-
 def autocast(device, precision):
     """Mixed precision: matmuls in bf16/fp16, the weights (and the optimizer's update) stay fp32."""
-    dtype = AUTOCAST_DTYPES[precision]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
@@ -86,14 +74,12 @@ def set_dropout(model, p):
 def micro_batches(global_batch, rank, world_size, per_device_batch_size):
     """This process's share of a global batch, as [(feature indices, loss weight)].
 
-    Process r takes features r, r+P, r+2P, ... (the batch is sorted by length, so every process gets
-    similar lengths), cut into micro-batches. Each micro-batch's loss (a mean over its n features) is
-    weighted n * P / len(global_batch): DDP averages the summed gradients over the P processes, so every
-    feature counts 1 / len(global_batch), however the batch is split. For example 7 features, P = 2, micro-
-    batches of 2: process 0 gets [0, 2] and [4, 6] (weights 4/7 each), process 1 [1, 3] (4/7) and [5] (2/7).
-    A process left with nothing (a last batch smaller than P) still runs one micro-batch with weight 0,
-    so that every process joins the gradient all-reduce.
-    """
+    Process r takes features r, r+P, r+2P, ... (the batch is sorted by length, so every process gets similar lengths),
+    cut into micro-batches. Each micro-batch's loss (a mean over its n features) is weighted n * P / len(global_batch):
+    DDP averages the summed gradients over the P processes, so every feature counts 1 / len(global_batch), however the
+    batch is split. For example 7 features, P = 2, micro-batches of 2: process 0 gets [0, 2] and [4, 6] (weights 4/7
+    each), process 1 [1, 3] (4/7) and [5] (2/7). A process left with nothing (a last batch smaller than P) still runs
+    one micro-batch with weight 0, so that every process joins the gradient all-reduce."""
     share = global_batch[rank::world_size]
     if not share:
         return [(global_batch[:1], 0.0)]
@@ -102,17 +88,13 @@ def micro_batches(global_batch, rank, world_size, per_device_batch_size):
 
 
 def accumulate_gradients(model, batches, scaler, rt):
-    """Forward, loss and backward over [(tensors, weight)] (see micro_batches), adding into .grad.
-    Returns the loss summed over the features of weight > 0, a tensor on the device (no host wait).
-
-    Under DistributedDataParallel, its no_sync() skips the gradient all-reduce on all but the last
-    micro-batch: the last one's all-reduce carries the sum of them all.
-    """
+    """Forward, loss and backward over [(tensors, weight)] (micro_batches), adding into .grad; returns the loss
+    summed over the features of weight > 0, on the device (no host wait). Under DistributedDataParallel,
+    no_sync() skips the all-reduce on all but the last micro-batch, whose all-reduce carries the sum of them all."""
     model.train()
     loss_sum = torch.zeros((), device=rt.device)
     for i, (batch, weight) in enumerate(batches):
-        last = i == len(batches) - 1
-        with model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext():
+        with model.no_sync() if hasattr(model, "no_sync") and i < len(batches) - 1 else contextlib.nullcontext():
             with autocast(rt.device, rt.precision):
                 loss = model(**batch).loss
             scaler.scale(loss * weight).backward()

@@ -20,11 +20,8 @@ import torch
 
 from minispan.files import atomic_write
 
-DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
-}
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
+          "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
@@ -32,17 +29,10 @@ class WeightsError(ValueError):
     """A checkpoint file we refuse to read, or whose tensors don't fit the model."""
 
 
-# ---------------------------------------------------------------------------------------------
-# safetensors
-
-
 def read_safetensors(path):
-    """Read a .safetensors file into {name: tensor} without copying the data into memory.
-
-    The file is memory-mapped and each tensor is a view of the mapping (torch.frombuffer, which keeps
-    the mapping alive), so the bytes are read from disk when used and live in the page cache, not in a
-    second in-memory copy: load_model copies them straight into the model's parameters.
-    """
+    """Read a .safetensors file into {name: tensor} without copying the data into memory: each tensor is a view of
+    the memory-mapped file (torch.frombuffer keeps the mapping alive), so its bytes are read from disk when used and
+    live in the page cache, not in a second copy in memory; load_model copies them straight into the parameters."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size < 8:
@@ -64,20 +54,16 @@ def read_safetensors(path):
         for (begin, _, _, _, name), (_, prev_end, _, _, prev_name) in zip(entries[1:], entries):
             if begin < prev_end:
                 raise WeightsError(f"{path}: tensors {prev_name!r} and {name!r} overlap in the file")
-        # ACCESS_COPY: a private, writable mapping (torch.frombuffer wants a writable buffer);
-        # nothing is ever written back to the file.
+        # ACCESS_COPY: private and writable (torch.frombuffer wants a writable buffer); nothing goes back to the file.
         buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     tensors = {}
     for begin, end, dtype, shape, name in entries:
-        offset = data_start + begin
         if begin == end:
             tensors[name] = torch.empty(shape, dtype=dtype)
-        elif offset % dtype.itemsize == 0:
-            tensors[name] = torch.frombuffer(buffer, dtype=dtype, count=(end - begin) // dtype.itemsize,
-                                             offset=offset).view(shape)
-        else:  # misaligned in the file (allowed by the format): copy into aligned memory
-            raw = torch.frombuffer(buffer, dtype=torch.uint8, count=end - begin, offset=offset)
-            tensors[name] = raw.clone().view(dtype).view(shape)
+            continue
+        raw = torch.frombuffer(buffer, dtype=torch.uint8, count=end - begin, offset=data_start + begin)
+        aligned = (data_start + begin) % dtype.itemsize == 0  # else (the format allows it) copy into aligned memory
+        tensors[name] = (raw if aligned else raw.clone()).view(dtype).view(shape)
     return {name: tensors[name] for name in header}  # the file's key order
 
 
@@ -102,8 +88,7 @@ def _check_entry(path, name, info, data_size):
                            "section: truncated or corrupt file")
     expected = math.prod(shape) * dtype.itemsize
     if end - begin != expected:
-        raise WeightsError(f"{where}: {end - begin} bytes for shape {shape} of {info['dtype']} "
-                           f"(expected {expected})")
+        raise WeightsError(f"{where}: {end - begin} bytes for shape {shape} of {info['dtype']} (expected {expected})")
     return begin, end, dtype, tuple(shape)
 
 
@@ -127,28 +112,7 @@ def save_safetensors(tensors, path):
     header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
     header_bytes += b" " * (-len(header_bytes) % 8)  # pad with spaces so the data starts 8-byte aligned
     with atomic_write(path, "wb") as f:
-        f.write(struct.pack("<Q", len(header_bytes)))
-        f.write(header_bytes)
-        for blob in blobs:
-            f.write(blob)
-
-
-# ---------------------------------------------------------------------------------------------
-# any checkpoint file
-
-
-def read_torch_bin(path):
-    """Read a pytorch_model.bin with torch.load(weights_only=True): a pickle that would run code is refused."""
-    # mmap (zip-format checkpoints only) maps the tensors instead of reading them all into memory.
-    state_dict = torch_load(path, mmap=zipfile.is_zipfile(path))
-    if not isinstance(state_dict, dict):
-        raise WeightsError(f"{path}: expected a dict of tensors, got {type(state_dict).__name__}")
-    for key, value in state_dict.items():
-        if not isinstance(key, str):
-            raise WeightsError(f"{path}: key {key!r} is a {type(key).__name__}, expected a parameter name")
-        if not isinstance(value, torch.Tensor):
-            raise WeightsError(f"{path}: entry {key!r} is a {type(value).__name__}, expected a tensor")
-    return dict(state_dict)
+        f.writelines([struct.pack("<Q", len(header_bytes)), header_bytes, *blobs])
 
 
 def torch_load(path, mmap=False):
@@ -172,6 +136,14 @@ def load_state_dict_file(path):
     suffix = Path(path).suffix
     if suffix == ".safetensors":
         return read_safetensors(path)
-    if suffix in (".bin", ".pt", ".pth"):
-        return read_torch_bin(path)
-    raise WeightsError(f"{path}: unknown checkpoint format (expected .safetensors, .bin, .pt or .pth)")
+    if suffix not in (".bin", ".pt", ".pth"):
+        raise WeightsError(f"{path}: unknown checkpoint format (expected .safetensors, .bin, .pt or .pth)")
+    state_dict = torch_load(path, mmap=zipfile.is_zipfile(path))  # mmap (zip-format files only): not read into memory
+    if not isinstance(state_dict, dict):
+        raise WeightsError(f"{path}: expected a dict of tensors, got {type(state_dict).__name__}")
+    for key, value in state_dict.items():
+        if not isinstance(key, str):
+            raise WeightsError(f"{path}: key {key!r} is a {type(key).__name__}, expected a parameter name")
+        if not isinstance(value, torch.Tensor):
+            raise WeightsError(f"{path}: entry {key!r} is a {type(value).__name__}, expected a tensor")
+    return dict(state_dict)

@@ -14,7 +14,6 @@ BERT tokenizes in three steps, which map one to one onto `tokenizers` components
 import logging
 from functools import cached_property
 from pathlib import Path
-from typing import List, Tuple
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
@@ -33,26 +32,10 @@ class Encoding:
     def __init__(self, encoding):
         self._encoding = encoding  # a tokenizers.Encoding
 
-    @cached_property
-    def ids(self) -> List[int]:
-        return self._encoding.ids
-
-    @cached_property
-    def offsets(self) -> List[Tuple[int, int]]:
-        """(start, end) character span of each token in the original text."""
-        return self._encoding.offsets
-
-    @cached_property
-    def tokens(self) -> List[str]:
-        return self._encoding.tokens
-
-    @cached_property
-    def word_ids(self) -> List[int]:
-        """Which word (split at white space and punctuation) each token belongs to."""
-        return self._encoding.word_ids
-
-    def __repr__(self):
-        return f"Encoding(tokens={self.tokens!r}, offsets={self.offsets!r})"
+    ids = cached_property(lambda self: self._encoding.ids)
+    offsets = cached_property(lambda self: self._encoding.offsets)  # (start, end) characters of each token in the text
+    tokens = cached_property(lambda self: self._encoding.tokens)
+    word_ids = cached_property(lambda self: self._encoding.word_ids)  # each token's word (split at spaces, punctuation)
 
 
 class WordPieceTokenizer:
@@ -73,8 +56,7 @@ class WordPieceTokenizer:
 
         self._tokenizer = Tokenizer(models.WordPiece(self.vocab, unk_token=special[1], max_input_chars_per_word=100))
         self._tokenizer.normalizer = normalizers.BertNormalizer(
-            clean_text=True, handle_chinese_chars=True, strip_accents=self.strip_accents, lowercase=self.lowercase
-        )
+            clean_text=True, handle_chinese_chars=True, strip_accents=self.strip_accents, lowercase=self.lowercase)
         self._tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         # A special token written in the text is that token, as in transformers' tokenizers (and [MASK] too).
         self._tokenizer.add_special_tokens([*special, *(["[MASK]"] if "[MASK]" in vocab else [])])
@@ -88,8 +70,7 @@ class WordPieceTokenizer:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"encode_batch: text {i} is {type(text).__name__}, expected str")
-        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        return [Encoding(e) for e in encodings]
+        return [Encoding(e) for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
 
     def tokenize(self, text):
         return self.encode(text).tokens
@@ -99,28 +80,22 @@ class WordPieceTokenizer:
 
     def save(self, directory):
         """Write vocab.txt (one token per line, in id order) and tokenizer_config.json, atomically."""
-        directory = Path(directory)
         tokens = {i: token for token, i in self.vocab.items()}
-        with atomic_write(directory / "vocab.txt") as f:
-            for i in range(self.vocab_size):
-                # Line i is id i. An id no token maps to gets a line no text tokenizes to (pre-tokenizing
-                # splits on spaces), so that every later token keeps its id.
-                f.write(tokens.get(i, f"[unused id {i}]") + "\n")
+        with atomic_write(Path(directory) / "vocab.txt") as f:
+            # Line i is id i: an id no token maps to gets a line no text tokenizes to (it holds spaces).
+            f.writelines(tokens.get(i, f"[unused id {i}]") + "\n" for i in range(self.vocab_size))
         config = {"do_lower_case": self.lowercase, "strip_accents": self.strip_accents,
                   "tokenizer_class": "BertTokenizer", **{f"{r}_token": t for r, t in zip(ROLES, self.special)}}
         if self.model_max_length is not None:
             config["model_max_length"] = self.model_max_length
-        write_json(directory / "tokenizer_config.json", config)
+        write_json(Path(directory) / "tokenizer_config.json", config)
 
 
 def read_vocab(path):
     """vocab.txt: one token per line; a token's id is its line number (counting from 0)."""
-    vocab = {}
     try:
-        with open(path, encoding="utf-8") as f:
-            for index, line in enumerate(f):
-                token = line.rstrip("\n").rstrip("\r")
-                vocab[token] = index  # a repeated line: the last one wins, as in BERT's load_vocab and tokenizers
+        with open(path, encoding="utf-8") as f:  # a repeated line: the last one wins, as in BERT's load_vocab
+            vocab = {line.rstrip("\n").rstrip("\r"): index for index, line in enumerate(f)}
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not vocab:
@@ -129,13 +104,10 @@ def read_vocab(path):
 
 
 def load_tokenizer(path, lowercase=None):
-    """Load a tokenizer from a model directory holding vocab.txt, or from a vocab file.
-
-    tokenizer_config.json and special_tokens_map.json beside the vocabulary are read as transformers 4.x's
-    AutoTokenizer reads them, so that the ids are the ones the checkpoint was trained with: do_lower_case
-    (default true, BertTokenizer's: SpanBERT's folder says false), strip_accents, model_max_length, and
-    the special tokens' spellings. `lowercase`, when given, overrides do_lower_case.
-    """
+    """Load a tokenizer from a model directory holding vocab.txt, or from a vocab file. tokenizer_config.json and
+    special_tokens_map.json beside it are read as transformers 4.x's AutoTokenizer reads them, so that the ids are the
+    checkpoint's: do_lower_case (default true, BertTokenizer's: SpanBERT's folder says false), strip_accents,
+    model_max_length and the special tokens' spellings. `lowercase`, when given, overrides do_lower_case."""
     if lowercase is not None and not isinstance(lowercase, bool):
         raise ValueError(f"load_tokenizer: lowercase must be True, False or None, got {lowercase!r}")
     path = Path(path)

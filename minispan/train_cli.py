@@ -37,7 +37,15 @@ EVAL_FLAGS = {"model", "dev_file", "output_dir", "limit", "device", "precision",
 INT_FLAGS = dict(epochs=(1, 10**7), batch_size=(1, 10**6), per_device_batch_size=(1, 10**6),
                  max_seq_length=(1, 10**6), doc_stride=(1, 10**6), max_query_length=(1, 10**6), save_every=(0, 10**9),
                  log_every=(1, 10**9), limit=(1, 10**9), seed=(0, 2**63 - 1))
+# Each float flag's range, as its message says it; --dropout's is optional.
+FLOAT_FLAGS = {"lr": ("> 0", lambda v: v > 0), "weight_decay": (">= 0", lambda v: v >= 0),
+               "max_grad_norm": (">= 0", lambda v: v >= 0), "warmup_ratio": ("between 0 and 1", lambda v: 0 <= v <= 1),
+               "dropout": ("in [0, 1)", lambda v: 0 <= v < 1)}
 GENERIC = ("model", "checkpoint", "weights", "final", "output")  # folder names that say nothing: see --output-dir
+
+
+def flag(name):
+    return "--" + name.replace("_", "-")
 
 
 def build_parser():
@@ -51,21 +59,18 @@ def build_parser():
     p.add_argument("--output-dir", help="where the run writes (default runs/ and the model's name: a Hub id's, a "
                    f"folder's, with its parent's for folders named {', '.join(GENERIC)}: .../minilm/model gives "
                    "runs/minilm-model)")
-    p.add_argument("--epochs", type=int, help=f"passes over the training set (default {d.epochs})")
-    p.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
-    p.add_argument("--batch-size", type=int, help=f"global batch: features per optimizer step (default {d.batch_size})")
-    p.add_argument("--per-device-batch-size", type=int,
-                   help="micro-batch per process; the rest is gradient accumulation (default batch-size / "
-                        "processes, rounded up; need not divide it)")
-    p.add_argument("--max-seq-length", type=int, help=f"tokens per window (default {d.max_seq_length})")
-    p.add_argument("--doc-stride", type=int, help=f"step between windows, in tokens (default {d.doc_stride})")
-    p.add_argument("--max-query-length", type=int, help=f"question tokens kept (default {d.max_query_length})")
-    p.add_argument("--warmup-ratio", type=float, help=f"share of steps warming up (default {d.warmup_ratio})")
-    p.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {d.weight_decay})")
-    p.add_argument("--max-grad-norm", type=float, help=f"gradient clipping; 0 = off (default {d.max_grad_norm})")
-    p.add_argument("--seed", type=int, help=f"seed for the head, shuffling and dropout (default {d.seed})")
-    p.add_argument("--save-every", type=int, help=f"checkpoint every N steps; 0 = never (default {d.save_every})")
-    p.add_argument("--log-every", type=int, help=f"log every N steps (default {d.log_every})")
+    for name, text in dict(epochs="passes over the training set", lr="peak learning rate",
+                           batch_size="global batch: features per optimizer step",
+                           per_device_batch_size="micro-batch per process; the rest is gradient accumulation (default "
+                                                 "batch-size / processes, rounded up; need not divide it)",
+                           max_seq_length="tokens per window", doc_stride="step between windows, in tokens",
+                           max_query_length="question tokens kept", warmup_ratio="share of steps warming up",
+                           weight_decay="AdamW weight decay", max_grad_norm="gradient clipping; 0 = off",
+                           seed="seed for the head, shuffling and dropout",
+                           save_every="checkpoint every N steps; 0 = never", log_every="log every N steps").items():
+        default = getattr(d, name)
+        p.add_argument(flag(name), type=int if name in INT_FLAGS else float,
+                       help=text if default is None else f"{text} (default {default})")
     p.add_argument("--resume", metavar="OUTPUT_DIR", help="continue the run in OUTPUT_DIR from its newest checkpoint")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace the run already in --output-dir")
     p.add_argument("--limit", type=int, help="use only the first N questions of each file (quick runs)")
@@ -73,12 +78,10 @@ def build_parser():
     p.add_argument("--precision", choices=PRECISIONS,
                    help="default: bf16 where the GPU supports it, else fp16 with loss scaling; fp32 on CPU")
     p.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile each encoder layer (fused elementwise kernels): one compile of tens of "
-                        "seconds that serves every batch width (one more for a 1-feature batch, one for "
-                        "evaluation)")
-    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None,
-                   help="on a GPU, launch the step's kernels one by one instead of replaying them from CUDA "
-                        "graphs (slower; for debugging)")
+                   help="torch.compile each encoder layer (fused elementwise kernels): one compile of tens of seconds "
+                        "that serves every batch width (one more for a 1-feature batch, one for evaluation)")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None, help="on a GPU, launch "
+                   "the step's kernels one by one instead of replaying them from CUDA graphs (slower; for debugging)")
     p.add_argument("--dropout", type=float, help="override both dropout rates (0 makes runs comparable)")
     p.add_argument("--demo", action="store_true", default=None,
                    help="offline, CPU, about a minute: a tiny random BERT learns data/sample.json")
@@ -98,14 +101,14 @@ def parse_args(argv=None):
         extra = sorted(set(flags) - EVAL_FLAGS) + (["resume"] if resume else [])
         if extra or int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise TrainingError("--eval-only predicts, in one process (python, not torchrun), and trains nothing"
-                                + "".join(f"; remove --{name.replace('_', '-')}" for name in extra))
+                                + "".join(f"; remove {flag(name)}" for name in extra))
         values = {**EVAL_ONLY, **flags}
     elif resume:
         saved = read_run_config(Path(resume))
         changed = sorted(name for name in set(flags) - RESUMABLE if not same_as_saved(name, flags[name], saved))
         if changed:
             raise TrainingError(f"--resume continues {resume} with its saved settings; remove "
-                                + ", ".join("--" + name.replace("_", "-") for name in changed))
+                                + ", ".join(map(flag, changed)))
         values = {**saved, **{name: value for name, value in flags.items() if name in RESUMABLE}, "output_dir": resume}
     else:
         if flags.get("demo") and "model" in flags:
@@ -135,54 +138,42 @@ def same_as_saved(name, given, saved):
 
 def check_config(cfg):
     """Every flag's own check, in one place (as BERT's validate_flags_or_throw): the run below trusts them."""
-    def flag(name):
-        return "--" + name.replace("_", "-")
-
-    for name in ("lr", "weight_decay", "max_grad_norm", "warmup_ratio"):  # argparse's float() takes nan and inf
-        if not math.isfinite(getattr(cfg, name)):
-            raise TrainingError(f"{flag(name)} must be a finite number, got {getattr(cfg, name)}")
     for name, (low, high) in INT_FLAGS.items():
         value = getattr(cfg, name)
         if value is not None and value < low:
             raise TrainingError(f"{flag(name)} must be {'> 0' if low else '>= 0'}, got {value}")
         if value is not None and value > high:
             raise TrainingError(f"{flag(name)} must be at most {high:,}, got {value}")
-    if not cfg.lr > 0:
-        raise TrainingError(f"--lr must be > 0, got {cfg.lr}")
-    for name in ("weight_decay", "max_grad_norm"):
-        if getattr(cfg, name) < 0:
-            raise TrainingError(f"{flag(name)} must be >= 0, got {getattr(cfg, name)}")
-    if not 0 <= cfg.warmup_ratio <= 1:
-        raise TrainingError(f"--warmup-ratio must be between 0 and 1, got {cfg.warmup_ratio}")
-    if cfg.dropout is not None and not 0 <= cfg.dropout < 1:
-        raise TrainingError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    for name, (expected, within) in FLOAT_FLAGS.items():
+        value = getattr(cfg, name)
+        if name != "dropout" and not math.isfinite(value):  # argparse's float() takes nan and inf
+            raise TrainingError(f"{flag(name)} must be a finite number, got {value}")
+        if value is not None and not within(value):
+            raise TrainingError(f"{flag(name)} must be {expected}, got {value}")
 
 
 def read_run_config(output_dir):
-    """The saved settings of the run in output_dir, each checked to be what its flag would parse to (the
-    file may have been edited by hand)."""
+    """The saved settings of the run in output_dir, each checked to be what its flag would parse to (hand-edited?)."""
     path = output_dir / "run_config.json"
     if not path.is_file():
         raise TrainingError(f"--resume {output_dir}: no run_config.json there (not a training run's output dir)")
-    saved = read_json_object(path)
-    if not isinstance(saved.get("args"), dict):
+    args = read_json_object(path).get("args")
+    if not isinstance(args, dict):
         raise TrainingError(f"{path}: expected an object with the run's 'args'")
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
     for field in SAVED:
-        value = saved["args"].get(field.name)
+        value = args.get(field.name)
         kind = next(t for t in (*typing.get_args(field.type), field.type) if t in names)  # Optional[int] -> int
-        if value is None:
-            continue
-        if isinstance(value, bool) != (kind is bool) or not isinstance(value, (int, float) if kind is float else kind) \
-                or (field.name == "precision" and value not in PRECISIONS):
+        fits = isinstance(value, (int, float) if kind is float else kind) and isinstance(value, bool) == (kind is bool)
+        if value is not None and not (fits and (field.name != "precision" or value in PRECISIONS)):
             expected = " or ".join(map(repr, PRECISIONS)) if field.name == "precision" else names[kind]
             raise TrainingError(f"{path}: args.{field.name} must be {expected}, got {json.dumps(value)}")
-    args = saved["args"]  # a setting saved as null where the flag has a default (say cuda_graphs) takes it
+    # A setting saved as null where the flag has a default (say cuda_graphs) takes it.
     return {f.name: args[f.name] for f in SAVED if f.name in args and (args[f.name] is not None or f.default is None)}
 
 
 def main(argv=None):
-    cfg = run_dir = None
+    run_dir = None
     threads = torch.get_num_threads()
     try:
         cfg = parse_args(argv)

@@ -15,22 +15,18 @@ from minispan.tensor_files import WeightsError, load_state_dict_file, save_safet
 
 logger = logging.getLogger("minispan")
 
-
-# ---------------------------------------------------------------------------------------------
-# name mapping
-
 # Pretraining heads (MLM, NSP, SpanBERT's span-boundary head live under cls.), the NSP pooler and
 # the position_ids buffer some transformers versions save: present in checkpoints, unused for spans.
 IGNORED = re.compile(r"^(cls|pooler)\.|position_ids$")
 
+WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")
+CONFIG_NAMES = ("config.json", "bert_config.json")  # the second: the original BERT/SpanBERT releases
+
 
 def map_state_dict(state_dict):
-    """Rename a checkpoint's keys to ours. Returns (mapped, ignored_keys).
-
-    Handles, in any combination: a `bert.` prefix or none (a plain BertModel checkpoint), the
-    TF-era LayerNorm.gamma/beta for .weight/.bias, and fairseq's `decoder.` prefix (SpanBERT was
-    pretrained in fairseq, which wraps the whole model in `decoder`). qa_outputs.* is the span head.
-    """
+    """Rename a checkpoint's keys to ours; returns (mapped, ignored_keys). Handles, in any combination: a `bert.` prefix
+    or none (a plain BertModel checkpoint), the TF-era LayerNorm.gamma/beta for .weight/.bias, and fairseq's `decoder.`
+    prefix (SpanBERT was pretrained in fairseq, which wraps the whole model in `decoder`). qa_outputs.* is the head."""
     mapped, source, ignored = {}, {}, []
     for key, tensor in state_dict.items():
         name = key.removeprefix("decoder.").removeprefix("bert.")
@@ -47,19 +43,10 @@ def map_state_dict(state_dict):
     return mapped, ignored
 
 
-# ---------------------------------------------------------------------------------------------
-# models
-
-WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")
-CONFIG_NAMES = ("config.json", "bert_config.json")  # the second: the original BERT/SpanBERT releases
-
-
 def load_model(path, device=None, dtype=None):
-    """Load a BertForQuestionAnswering from a directory with config.json and model.safetensors or
-    pytorch_model.bin. A checkpoint without a span head gets a fresh one (and says so).
-
-    dtype (e.g. torch.bfloat16) converts the floating-point weights. Returns the model in eval mode.
-    """
+    """Load a BertForQuestionAnswering from a directory with config.json and model.safetensors or pytorch_model.bin.
+    A checkpoint without a span head gets a fresh one (and says so). dtype (e.g. torch.bfloat16) converts the
+    floating-point weights. Returns the model in eval mode."""
     config_file, weights_file = model_files(path, dtype)
     config = BertConfig.from_json(config_file)
     state, ignored = map_state_dict(load_state_dict_file(weights_file))
@@ -67,10 +54,8 @@ def load_model(path, device=None, dtype=None):
         logger.info("%s: ignored %d keys not used for span prediction: %s", weights_file, len(ignored),
                     _preview(ignored))
     check_sizes(state, config, weights_file, config_file)
-    # Build the model where it will run, with BERT's random init (so a checkpoint without a span
-    # head already has a fresh one), then copy the checkpoint in: load_state_dict casts each tensor to
-    # its parameter's device and dtype. The file is memory-mapped (safetensors, zip-format .bin), so
-    # its bytes sit in the page cache rather than in a second in-memory copy of the model.
+    # Build the model where it will run, with BERT's random init (so a checkpoint without a span head already has
+    # a fresh one), then copy the checkpoint in: load_state_dict casts each tensor to its parameter's device and dtype.
     with torch.device(device if device is not None else "cpu"):
         model = BertForQuestionAnswering(config)
     if dtype is not None:
@@ -81,13 +66,8 @@ def load_model(path, device=None, dtype=None):
     check_shapes(state, expected, weights_file, config_file, every_key=True)
     model.load_state_dict(state, strict=False)  # strict=False: only a wholly absent span head, checked above
     if fresh_head:
-        logger.warning("%s has no span head (qa_outputs): initialised a fresh one; fine-tune before use",
-                       weights_file)
+        logger.warning("%s has no span head (qa_outputs): initialised a fresh one; fine-tune before use", weights_file)
     return model.eval()
-
-
-# ---------------------------------------------------------------------------------------------
-# load_model's checks: the files are the user's, so every size is compared before memory is spent on it
 
 
 def model_files(path, dtype):
@@ -102,9 +82,8 @@ def model_files(path, dtype):
 
 
 def check_sizes(state, config, weights_file, config_file):
-    """Before a model is built from config.json, compare its sizes with the checkpoint, so that a config
-    claiming a huge model is refused instead of filling memory: the layer count, and the four matrices
-    whose shapes are the config's sizes. The model is then no bigger than the checkpoint."""
+    """Before a model is built from config.json, compare its sizes with the checkpoint, so that a config claiming a
+    huge model is refused instead of filling memory: the layer count, and the four matrices shaped by its sizes."""
     unknown = [name for name in state if not re.match(r"bert\.(embeddings|encoder\.layer\.\d+)\.|qa_outputs\.", name)]
     if unknown:  # e.g. DDP's module. or torch.compile's _orig_mod. prefix: say so rather than count no layers
         raise WeightsError(f"{weights_file}: does not fit the model in {config_file.name}: unexpected keys "
@@ -122,13 +101,13 @@ def check_sizes(state, config, weights_file, config_file):
 
 
 def check_shapes(state, expected, weights_file, config_file, every_key=False):
-    """Each tensor named in `expected` is in the checkpoint's `state`, with the expected shape; with
-    every_key, nothing else is."""
+    """Each tensor named in `expected` is in the checkpoint's `state`, with the expected shape; with every_key,
+    nothing else is."""
     missing = [name for name in expected if name not in state]
     unexpected = [name for name in state if name not in expected] if every_key else []
-    if missing or unexpected:
-        problems = ([f"missing keys {_preview(missing)}"] if missing else []) + \
-                   ([f"unexpected keys {_preview(unexpected)}"] if unexpected else [])
+    problems = [f"{what} keys {_preview(names)}" for what, names in (("missing", missing), ("unexpected", unexpected))
+                if names]
+    if problems:
         raise WeightsError(f"{weights_file}: does not fit the model in {config_file.name}: {'; '.join(problems)}")
     for name, shape in expected.items():
         if tuple(state[name].shape) != shape:
@@ -139,17 +118,13 @@ def check_shapes(state, expected, weights_file, config_file, every_key=False):
 
 
 def save_model(model, directory):
-    """Write config.json + model.safetensors with transformers' key names, atomically.
-
-    Pass the BertForQuestionAnswering itself, not a DistributedDataParallel or torch.compile wrapper
-    (their state_dict keys carry `module.` / `_orig_mod.` prefixes).
-    """
+    """Write config.json + model.safetensors with transformers' key names, atomically. Pass the
+    BertForQuestionAnswering itself, not a DDP or torch.compile wrapper (whose keys carry `module.` / `_orig_mod.`)."""
     if not isinstance(model, BertForQuestionAnswering):
         raise TypeError(f"save_model expects a BertForQuestionAnswering, got {type(model).__name__} "
                         "(unwrap DDP with .module, torch.compile with ._orig_mod)")
-    directory = Path(directory)
-    save_safetensors(model.state_dict(), directory / "model.safetensors")
-    model.config.to_json(directory / "config.json")
+    save_safetensors(model.state_dict(), Path(directory) / "model.safetensors")
+    model.config.to_json(Path(directory) / "config.json")
 
 
 def _first_existing(directory, names):
