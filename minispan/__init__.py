@@ -1,13 +1,6 @@
-"""minispan: SpanBERT fine-tuned on SQuAD 2.0, from scratch and readable.
-
-Data flows one way: JSON -> Example -> Feature -> padded batch -> (start_logits, end_logits)
--> predictions + null odds -> metrics. Open the modules in that order:
-
-    squad.py -> tokenizer.py -> features.py -> config.py -> model.py -> tensor_files.py -> weights.py -> step.py
-    -> loop.py (checkpoint.py, speed.py) -> predict.py -> postprocess.py -> metrics.py -> answer.py (explain.py)
-
-The harness around them (train_cli.py, run.py, runtime.py, evaluate_cli.py, download.py, hub.py, files.py) reads
-and checks what users hand over, fetches models and data, and runs the command lines.
+"""minispan: SpanBERT fine-tuned on SQuAD 2.0, from scratch and readable. Data flows one way: JSON -> Example ->
+Feature -> padded batch -> (start_logits, end_logits) -> predictions + null odds -> metrics. README.md's tour lists
+the modules in that reading order, then the harness around them (command lines, downloads, checks); docs/ is the course.
 """
 import importlib
 import importlib.util

@@ -1,23 +1,11 @@
 """Question answering on raw text: minispan.pipeline, and its command line `python -m minispan.answer`.
 
-As on the SpanBERT model card, with a model on the Hugging Face Hub or one that train.py fine-tuned:
-
-    qa = minispan.pipeline("question-answering", model="mrm8488/spanbert-finetuned-squadv2",
-                           tokenizer="mrm8488/spanbert-finetuned-squadv2")   # or pipeline("runs/spanbert-base-cased")
+    qa = minispan.pipeline("question-answering", model="mrm8488/spanbert-finetuned-squadv2")  # or a run's directory
     qa({"question": "Who wrote it?", "context": "It was written by Ann."})
     # {'score': 0.93, 'start': 18, 'end': 21, 'answer': 'Ann'}
 
-Answers, offsets and scores follow the transformers 4.x question-answering pipeline, so users of that card get the
-same output. Its conventions differ from the SQuAD evaluation path (features.py, postprocess.py):
-- doc_stride is the OVERLAP between windows (there it is the step);
-- a span's score is a probability: softmax over the window's start logits times softmax over its end logits,
-  with question and special tokens masked out ([CLS] stays in, it is the null answer);
-- every window proposes its own best spans (no max-context rule), and the best top_k over all windows win;
-- with align_to_words, the answer grows to whole words (a span ending on "1990" of "1990s" ends after "s");
-- the null answer "" (the smallest [CLS] probability over the windows) competes only if handle_impossible_answer.
-
-Its command line prints the answer as JSON (the module is not pipeline.py, which would hide the function):
-    python -m minispan.answer --model mrm8488/spanbert-finetuned-squadv2 --question "Who wrote it?" --context "..."
+Answers, offsets and scores follow the transformers 4.x question-answering pipeline, so users of the SpanBERT card get
+the same output; how that differs from the evaluation path (postprocess.py): docs/06-postprocess.md.
 """
 import argparse
 import dataclasses
@@ -53,10 +41,9 @@ class QuestionAnsweringPipeline:
         self.options = check_arguments(options, call=True)  # every call's defaults, as pipeline(..., top_k=3) sets
 
     def __call__(self, inputs=None, *, question=None, context=None, **options):
-        """qa({"question": q, "context": c}) or qa(question=q, context=c) -> {"score", "start", "end", "answer"}.
-        A list of questions (or of dicts) gives a list of results. With top_k > 1 a result is a list of up to top_k
-        answers, best first (a single dict when only one answer exists, as in transformers). max_question_len
-        truncates the question; by default it is not, as in 4.x with a fast tokenizer (which ignores the option)."""
+        """qa({"question": q, "context": c}) or qa(question=q, context=c) -> {"score", "start", "end", "answer"}; a
+        list of questions (or dicts) gives a list. With top_k > 1: up to top_k answers, best first (one dict when only
+        one exists, as in transformers). The question is truncated only with max_question_len, as in 4.x (fast)."""
         examples, is_list = parse_inputs(inputs, question, context)
         o = {**OPTIONS, **self.options, **check_arguments(options, call=True)}
         features = self.windows(examples, o)

@@ -5,16 +5,16 @@ import shutil
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from minispan.download import CHUNK, DownloadError
+from minispan.download import DownloadError
 
+CHUNK = 1 << 20
 RATIO = 4  # an archive may unpack to 4x its size (at least 1 MiB): weights barely compress, a bomb does
 
 
 def extract_tarball(archive, directory, *, max_bytes=None):
     """Extract `archive` into `directory`, which must not exist (a link placed in it could send a member elsewhere).
-    The archive is refused whole, before anything is written, if a member is refused (_check_member) or if its
-    members and their 512-byte headers (millions of empty files are a bomb too) take more than `max_bytes` (default:
-    RATIO times the archive's size). A later failure (corrupt data, a name refused) leaves no `directory` behind."""
+    The archive is refused whole, before anything is written, if a member is refused or if its members and their
+    512-byte headers (millions of empty files are a bomb too) take more than `max_bytes` (default: RATIO x its size)."""
     if os.path.lexists(directory):
         raise DownloadError(f"{directory}: already exists; delete it to extract {archive} there")
     directory, made, total = Path(directory).resolve(), False, 0

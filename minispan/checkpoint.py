@@ -1,12 +1,11 @@
-"""Checkpoints: everything a killed run needs to continue exactly where it was.
+"""Checkpoints: everything a killed run needs to continue exactly where it was (docs/05-training.md).
 
     checkpoints/step-N/    config.json, model.safetensors   the model (save_model)
                            trainer_state.pt                 the step, AdamW's moments, the schedule, the fp16 loss
                                                             scale, each process's random-number states and loss sums
 
-Written under a temporary name and renamed when complete: a run killed at any moment leaves the previous checkpoint
-or the new one, never half of one. Only the newest is kept. The data order is a function of the seed and the epoch
-(loop.batch_plan): a resumed run recomputes it and skips ahead.
+Written under a temporary name and renamed when complete, so a killed run leaves the old one or the new one; only the
+newest is kept. The data order is a function of the seed and the epoch (loop.batch_plan): a resume skips ahead.
 """
 import contextlib
 import json

@@ -1,7 +1,5 @@
-"""BertConfig: the fields of a BERT config.json, with the names the checkpoints use.
-
-Defaults are SpanBERT-base (cased, so a 28996-piece vocabulary). A config.json written by transformers carries many
-more keys (architectures, model_type, use_cache, ...); we read the ones that shape the network and ignore the rest.
+"""BertConfig: the fields of a BERT config.json, with the names the checkpoints use; defaults are SpanBERT-base (cased:
+a 28,996-piece vocabulary). Other keys of a transformers config.json (architectures, model_type, ...) are ignored.
 """
 import dataclasses
 from dataclasses import dataclass

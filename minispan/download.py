@@ -1,12 +1,6 @@
-"""Downloads that no library serves: the official SQuAD 2.0 files (into data/), and the release tarball
-that SpanBERT's weights fall back to when the Hugging Face Hub fails (hub.py fetches them into models/).
-
-Every file here is fetched to NAME.part and renamed once complete, so an interrupted download is resumed with an
-HTTP Range request instead of restarted, and a half file is never taken for a whole one. A file over 4 GiB, larger
-than any of these, is refused. Nothing is used before it is validated. Offline, the error says what to fetch from
-where and where to put it. A server's text goes into a message through printable(): escape sequences drive terminals.
-
-    python -m minispan.download squad|spanbert-base-cased|spanbert-large-cased [--dest DIR] [--deadline S]
+"""Downloads that no library serves: the official SQuAD 2.0 files (into data/), and SpanBERT's release tarball when
+the Hugging Face Hub fails (hub.py). Each arrives as NAME.part, resumed after an interruption, renamed once whole and
+validated before use. `python -m minispan.download squad` fetches them ahead; see docs/08-reproducing-the-paper.md.
 """
 import argparse
 import contextlib
@@ -28,7 +22,6 @@ from minispan.files import read_json
 SQUAD_URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset/"
 # Questions in the official files: a file with another count is not the one the numbers are for.
 SQUAD_QUESTIONS = {"train": 130_319, "dev": 11_873}
-CHUNK = 1 << 20
 READ = 64 << 10  # one read from the network; less than this in `timeout` seconds is a stalled transfer
 MAX_BYTES = 4 << 30  # per file: SpanBERT-large's tarball is 1.2 GB; a server sending more is not sending it
 DEADLINE = 3600  # seconds for a whole download, retries included (the command line's --deadline)
@@ -43,7 +36,7 @@ class _Interrupted(Exception):
 
 
 def printable(text):
-    """A server's text (status line, header) for a one-line message: control characters escaped."""
+    """A server's text (status line, header) for a one-line message: control characters (terminal escapes) escaped."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
@@ -55,8 +48,7 @@ def env_url(given, env_var, default):
 def download(url, dest, attempts=3, timeout=60, progress=True, max_bytes=MAX_BYTES, *, deadline=None):
     """Fetch `url` into `dest` through `dest`.part. Connection refused, unknown host or an HTTP error status fail at
     once (retrying won't help); a transfer cut or stalled is resumed up to `attempts` times, then the .part is kept
-    for the next call, as it is `deadline` seconds (default DEADLINE) after the start. A file over `max_bytes` is
-    refused and removed. A link at `dest` is written through; a device, FIFO or folder there is refused."""
+    for the next call, as it is `deadline` seconds (default DEADLINE) after the start."""
     deadline = DEADLINE if deadline is None else deadline
     end, target = time.monotonic() + deadline, Path(os.path.realpath(dest))
     part = target.with_name(target.name + ".part")
@@ -174,8 +166,7 @@ def _body_size(response, url, part, offset, max_bytes):
 
 
 def _chunks(response, timeout, end):
-    """The body as it arrives; _Interrupted when the connection fails, when less than READ bytes come in `timeout`
-    seconds (a server trickling a byte at a time) or at `end`."""
+    """The body as it arrives; _Interrupted when the connection fails, stalls (READ says when) or reaches `end`."""
     mark, since = time.monotonic(), 0
     while True:
         try:

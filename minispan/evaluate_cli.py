@@ -1,7 +1,5 @@
-"""evaluate.py's command line: python evaluate.py predictions.json dev-v2.0.json [-n null_odds.json] ...
-
-The official evaluate-v2.0.py's flags, output and numbers (minispan/metrics.py computes them), with every
-problem in the input files reported as one line naming the file.
+"""evaluate.py's command line: the official evaluate-v2.0.py's flags, output and numbers (metrics.py computes them),
+with every problem in the input files reported as one line naming the file. See docs/07-scoring.md.
 """
 import argparse
 import json
@@ -96,8 +94,7 @@ def evaluate_files(args, prog):
 
 
 def _read_na_probs(args, gold, data_file, say):
-    """-n's no-answer probabilities, checked, and the folder for -p's images (None: no images), checked before
-    anything is written: the images need matplotlib, and probabilities that are floats."""
+    """-n's no-answer probabilities and -p's folder (None: no images), checked before anything is written."""
     if not args.na_prob_file:
         if args.out_image_dir:
             say("--out-image-dir needs --na-prob-file: no images written")

@@ -1,10 +1,5 @@
-"""Why this answer? One self-contained HTML page that shows what the pipeline saw and how it decided.
-
-    python -m minispan.answer --model DIR --question Q --context-file C --explain answer.html
-
-It shows the pipeline's own windows, each token shaded by its start probability (green) and end probability (orange
-bar), [CLS] (the null answer) included; the best spans; and the null score against the best span's, which decides
-between an answer and "" when handle_impossible_answer is on. Inline CSS, no script, no network; all text escaped.
+"""Why this answer? One self-contained HTML page that shows what the pipeline saw and how it decided (`python -m
+minispan.answer ... --explain answer.html`; docs/06-postprocess.md). Inline CSS, no script, no network; text escaped.
 """
 import html
 
@@ -38,8 +33,7 @@ def write_explanation(path, qa, question, context, *, top_k=5, **options):
 
 
 def window_html(k, feature, context, probabilities, answer):
-    """One window: [CLS], then its context tokens with the text between them, shaded by their start and end
-    probabilities; the answer's tokens outlined."""
+    """One window: [CLS], then its context tokens (and the text between them) shaded by start and end probability."""
     def token(text, i, cls=""):
         p_start, p_end = (float(p[i]) for p in probabilities)
         shade = f"background:rgba(49,163,84,{p_start:.3f});box-shadow:inset 0 -.3em rgba(230,85,13,{p_end:.3f})"

@@ -1,17 +1,7 @@
 """Examples -> features: BERT's sliding windows over the context, then batches of padded tensors.
 
-A context can be longer than the model's input, so each question is paired with one or more *windows* of its
-context, exactly as in the original BERT / SpanBERT run_squad.py (which produced the published numbers):
-
-    [CLS] question (at most max_query_length tokens) [SEP] window of context tokens [SEP]
-
-A window holds at most `max_seq_length - len(question) - 3` context tokens. The first starts at the first
-context token, each next one starts `doc_stride` tokens after the previous one (the step, NOT the overlap),
-and the last one is the first window that reaches the end of the context.
-
-Windows overlap: in a context longer than one window, a token appears in up to about window / doc_stride
-windows (most SQuAD contexts fit in one). Post-processing only lets an answer START at a token
-in the window where that token has the most context around it ("max context"), so each span is scored once.
+Each question is paired with one or more windows of its context, as in the original BERT / SpanBERT run_squad.py:
+[CLS] question [SEP] window [SEP], `doc_stride` the step between windows (not the overlap). See docs/02-features.md.
 """
 import numbers
 import random
@@ -44,18 +34,14 @@ def window_starts(num_tokens, max_window, doc_stride):
 
 
 def max_context_masks(num_tokens, starts, max_window):
-    """For each window, a boolean array over its tokens: is this the window where the token has most context?
-
-    A token's score in a window is min(tokens left of it, tokens right of it) + 0.01 * window length (as in
-    the original BERT code; all windows but the last are full length, so the term only favours a full window
-    over a shorter last one); the window with the highest score wins, the first one on ties. For example, 10
-    context tokens in windows of 6 stepping 3 (windows 0-5, 3-8, 6-9):
+    """For each window, a boolean array over its tokens: is this the window where the token has most context? A token's
+    score in a window is min(tokens left of it, tokens right of it) + 0.01 * window length (as in the original BERT
+    code); the highest wins, the first window on ties. For example, 10 context tokens in windows 0-5, 3-8 and 6-9:
         token 4: window 0 min(4, 1) + 0.06 = 1.06, window 1 min(1, 4) + 0.06 = 1.06: a tie, window 0 keeps it
         token 5: window 0 min(5, 0) + 0.06 = 0.06, window 1 min(2, 3) + 0.06 = 2.06: window 1
         token 7: window 1 min(4, 1) + 0.06 = 1.06, window 2 min(1, 2) + 0.04 = 1.04: window 1, the full one
     so window 0 is max-context for tokens 0-4, window 1 for 5-7, window 2 for 8-9. One pass over the windows,
-    keeping each token's best score so far (memory grows with the context, not with windows x context).
-    """
+    keeping each token's best score so far (memory grows with the context, not with windows x context)."""
     lengths = np.minimum(max_window, num_tokens - np.asarray(starts))
     position = np.arange(num_tokens)
     best_score = np.full(num_tokens, -np.inf)
@@ -77,12 +63,8 @@ def check_positive_ints(**sizes):
 
 
 def answer_token_span(token_starts, token_ends, answer_start, answer_end):
-    """Token span [first, last] of the characters [answer_start, answer_end) in the context.
-
-    first = the first token ending after the answer's first character (the token containing it);
-    last = the last token starting before the answer's end (the token containing its last character).
-    Tokens are in text order, so both are binary searches. Tokens (0, 3) (4, 9) (9, 14), answer [5, 12): (1, 2).
-    """
+    """Token span [first, last] of the characters [answer_start, answer_end): the tokens holding its first and its last
+    character, by binary search (tokens are in text order). Tokens (0, 3) (4, 9) (9, 14), answer [5, 12): (1, 2)."""
     first = int(np.searchsorted(token_ends, answer_start, side="right"))
     last = int(np.searchsorted(token_starts, answer_end, side="left")) - 1
     return first, last
@@ -149,12 +131,9 @@ def build_features(examples, tokenizer, *, max_seq_length=384, doc_stride=128, m
 
 
 def batch_indices(lengths, batch_size, shuffle=False, seed=0, group_by_length=True):
-    """Split feature indices into batches (lists of indices); the same seed gives the same batches. Padding costs
-    compute, so batches are built from features of similar length:
-    - shuffle=False (prediction): longest first, then chunks (group_by_length=False: the given order);
-    - shuffle=True (training): shuffle, cut into mega-batches of 50 batches, sort each by length, chunk,
-      and shuffle the order of the batches: random, but each batch has little padding.
-    """
+    """Feature indices cut into batches of features of similar length (padding costs compute); same seed, same batches.
+    shuffle=False (prediction): longest first (group_by_length=False: the given order). shuffle=True (training):
+    shuffled, sorted by length within mega-batches of 50 batches, cut, then the batches shuffled."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     order = list(range(len(lengths)))
@@ -171,9 +150,8 @@ def batch_indices(lengths, batch_size, shuffle=False, seed=0, group_by_length=Tr
 
 
 def batch_width(lengths, max_seq_length):
-    """The width a batch is padded to: its longest feature, rounded up to a multiple of 8 (but not past
-    max_seq_length). Tensor cores like multiples of 8, and CUDA graphs record one graph per shape: at most
-    max_seq_length / 8 widths (64 for 512-token windows) instead of one for every length."""
+    """The width a batch is padded to: its longest feature, rounded up to a multiple of 8 (but not past max_seq_length),
+    as tensor cores like, and CUDA graphs record one graph per shape: at most 64 widths for 512-token windows."""
     longest = max(lengths)
     return max(longest, min(-(-longest // 8) * 8, max_seq_length))
 

@@ -1,6 +1,5 @@
-"""Writing outputs without destroying anything, and reading JSON with bounds. A regular file is written to a temporary
-file in its directory and renamed over it (os.replace is atomic on POSIX and Windows within one file system), so a
-crash or Ctrl-C never leaves half of one behind."""
+"""Writing outputs atomically (a crash or Ctrl-C never leaves half a file behind), log lines, the run lock, and
+reading JSON with bounds."""
 import contextlib
 import fcntl
 import json
@@ -13,9 +12,9 @@ MAX_JSON_BYTES = 2**30  # above any real SQuAD file (train-v2.0.json: 42 MB); bo
 
 @contextlib.contextmanager
 def atomic_write(path, mode="w", encoding="utf-8"):
-    """Open `path` for writing: a regular file (or a new one) atomically, keeping its mode; anything else in place, as
-    replacing /dev/null, /dev/stdout or a FIFO would break whatever reads it. A symlink is written through to its
-    target. OSErrors name `path`, never the temporary file."""
+    """Open `path` for writing: a regular file (or a new one) as a temporary file renamed over it (os.replace is atomic
+    within one file system), keeping its mode; anything else in place, as replacing /dev/null, /dev/stdout or a FIFO
+    would break whatever reads it. A symlink is written through to its target. OSErrors name `path`."""
     path, kwargs = os.fspath(path), {} if "b" in mode else {"encoding": encoding}
     try:
         st = os.stat(path)  # through symlinks: what a write would reach
@@ -70,7 +69,6 @@ def read_json(path, max_bytes=MAX_JSON_BYTES):
 
 
 def read_json_object(path):
-    """Read a JSON file that must hold an object (a dict); a ValueError names the file otherwise."""
     value = read_json(path)
     if not isinstance(value, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
@@ -78,7 +76,6 @@ def read_json_object(path):
 
 
 def write_json(path, obj, indent=2):
-    """Write `obj` as JSON, atomically."""
     with atomic_write(path) as f:
         f.write(json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 

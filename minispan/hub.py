@@ -1,10 +1,6 @@
-"""Models from the Hugging Face Hub through `huggingface_hub`: its cache (HF_HOME / HF_HUB_CACHE, shared with
-transformers), offline mode (HF_HUB_OFFLINE), mirrors (HF_ENDPOINT) and tokens (HF_TOKEN) are what the Hub's
-users expect. Only what minispan reads is fetched: config.json, ONE weights file (model.safetensors when the repo
-has it, else pytorch_model.bin; never TF, Flax or ONNX weights), vocab.txt and the tokenizer's two json files.
-
-    hub_model("mrm8488/spanbert-finetuned-squadv2")   # -> its snapshot folder in the cache, for load_model
-    ensure_spanbert("spanbert-base-cased")            # -> models/spanbert-base-cased/, with BERT's cased vocab.txt
+"""Models from the Hugging Face Hub through `huggingface_hub`, with its cache and HF_* settings (README.md): hub_model
+gives an id's snapshot folder in the cache, ensure_spanbert models/NAME/ with BERT's cased vocab.txt. Only what
+minispan reads is fetched: config.json, ONE weights file (never TF, Flax or ONNX weights) and the tokenizer's files.
 """
 import os
 import re
@@ -36,7 +32,6 @@ def is_hub_id(name):
 
 
 def resolve_model(name, revision=None, token=None, *, weights=True):
-    """A model directory as it is, or the snapshot folder of a Hub id (hub_model)."""
     if Path(name).is_dir():
         return Path(name)
     if not is_hub_id(name):
@@ -45,8 +40,7 @@ def resolve_model(name, revision=None, token=None, *, weights=True):
 
 
 def hub_model(repo_id, revision=None, token=None, *, weights=True):
-    """The snapshot folder of `repo_id` in the Hugging Face cache, holding what minispan reads (without config.json
-    and weights when weights=False: a tokenizer). revision: a branch, tag or commit."""
+    """`repo_id`'s snapshot folder in the Hugging Face cache, with what minispan reads (weights=False: a tokenizer)."""
     folder = None
     for names in ([("config.json",), WEIGHTS_FILES] if weights else []) + [(name,) for name in TOKENIZER_FILES]:
         path = hub_file(repo_id, names, revision, token, required=names[0] not in TOKENIZER_FILES[1:])
@@ -56,8 +50,7 @@ def hub_model(repo_id, revision=None, token=None, *, weights=True):
 
 
 def hub_file(repo_id, names, revision=None, token=None, required=True):
-    """Local path of the first of `names` that the repo has (None if none and not required), fetched into the cache
-    unless it is there. Every failure is one line (DownloadError)."""
+    """The cached path of the first of `names` the repo has (fetched if missing; None if none and not required)."""
     for name in names:
         try:
             return Path(hf_hub_download(repo_id, name, revision=revision, token=token))
@@ -91,9 +84,8 @@ def hub_error(e, repo_id, revision):
 
 
 def ensure_spanbert(name, cache_dir="models", *, tarball_url=None, progress=True):
-    """Directory `cache_dir`/`name` holding SpanBERT's config.json and weights (from the Hub, else from the original
-    release tarball), BERT's cased vocab.txt and tokenizer_config.json saying cased. It is gathered and checked in
-    `cache_dir`/.`name`.download/ (which keeps a partial tarball between runs), then renamed. One process only."""
+    """`cache_dir`/`name`: SpanBERT's config.json and weights (the Hub's, else the release tarball's), BERT's cased
+    vocab.txt; gathered and checked in `cache_dir`/.`name`.download/, then renamed. For one process at a time."""
     from minispan.tokenizer import load_tokenizer  # and torch: not needed to download SQuAD (download.main)
     from minispan.weights import load_model
 

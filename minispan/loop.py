@@ -107,9 +107,8 @@ def step_batches(data, global_batch, rt, cfg):
 
 
 def training_batch(features, width, pad_token_id, device):
-    """A micro-batch padded to `width`, its GLOBAL batch's (batch_width), on the device. The span loss's softmax runs
-    over every position, padding included (as in BERT), so a feature's loss depends on its padding: one width makes
-    the update independent of how the global batch is split (batches are grouped by length, so it costs little)."""
+    """A micro-batch padded to `width`, its GLOBAL batch's (batch_width), on the device: the loss's softmax covers the
+    padding, so one width makes the update independent of how the global batch is split (docs/05-training.md)."""
     batch = make_batch(features, pad_token_id, training=True, length=width,
                        pin_memory=device.type == "cuda")  # page-locked: the copy below overlaps the GPU's work
     return {name: t.to(device, non_blocking=True) for name, t in batch.items()}

@@ -1,17 +1,7 @@
 """SQuAD 2.0 evaluation: the official script's numbers (evaluate-v2.0.py), reimplemented from its behaviour.
 
-One question's score. The prediction and each gold answer are normalised (normalize_answer). Exact match (EM) is 1
-when the normalised strings are equal; F1 is the harmonic mean of precision and recall over the bag of normalised
-tokens. A question takes its best score over its gold answers. Gold answers that normalise to nothing are dropped,
-and a question left without any (an unanswerable one) has the single gold answer "": a prediction scores 1 there
-when it normalises to "" (so "", and also "the" or "?"), else 0.
-
-The no-answer probability. A model can also say, per question, how likely it thinks "no answer" is (for minispan:
-the null odds). Any prediction whose probability exceeds `na_prob_thresh` is replaced by "" before scoring;
-best_exact / best_f1 report the scores at the best such threshold, and precision-recall curves rank by it.
-
-Floating point: every total is a sum in the official script's order, then 100.0 * sum / total, so the numbers
-equal the official script's to the last bit, not merely closely.
+Takes the dataset, {question id: answer} and optionally {question id: no-answer probability}; gives the official keys in
+the official order, equal to the last bit (every total is summed in the official order). See docs/07-scoring.md.
 """
 import collections
 import json
@@ -150,11 +140,8 @@ def squad_v2_metrics(dataset, predictions, na_probs=None, na_prob_thresh=1.0, ou
 
 
 def find_best_thresh(preds, scores, na_probs, has_ans):
-    """(best score in %, the threshold giving it): the threshold that would maximise the total score.
-    Below every probability, everything is "no answer": every unanswerable question is right. Raising it past a
-    question's probability lets its prediction through: an answerable question gains its score; an unanswerable
-    one loses 1 if the prediction is non-empty (the raw string, as officially: " " counts as an answer here).
-    Ties are walked one by one in the na_probs order and the first running maximum wins, as officially."""
+    """(best score in %, the threshold giving it), by docs/07's walk. As officially: an unanswerable question loses 1
+    when its raw prediction is non-empty (" " too); ties are walked in the na_probs order, the first maximum wins."""
     order = sorted(na_probs, key=na_probs.__getitem__)  # stable: ties keep the na_probs order
     diffs = [scores[qid] if has_ans[qid] else (-1 if preds[qid] else 0) for qid in order]
     start = sum(1 for qid in has_ans if not has_ans[qid])

@@ -1,9 +1,7 @@
-"""The BERT encoder and the SQuAD span head, written from the BERT paper.
+"""The BERT encoder and the SQuAD span head, written from the BERT paper (docs/03-encoder.md, docs/04-span-head.md).
 
-Module names are exactly the checkpoints' (bert.embeddings.word_embeddings, bert.encoder.layer.N.attention.self.query,
-..., qa_outputs), so loading SpanBERT's weights is only a matter of prefixes and aliases (see weights.py).
-
-One layer (post-LayerNorm, as in the original BERT):
+Module names are the checkpoints' (bert.encoder.layer.N.attention.self.query, ..., qa_outputs), so loading SpanBERT's
+weights is only a matter of prefixes and aliases (weights.py). One layer (post-LayerNorm, as in the original BERT):
     x = LayerNorm(x + Dropout(Dense(SelfAttention(x))))       attention.self / attention.output
     x = LayerNorm(x + Dropout(Dense(GELU(Dense(x)))))          intermediate / output
 """
@@ -48,9 +46,8 @@ class BertSelfAttention(nn.Module):
 
     def forward(self, x, mask):  # x (B, L, H); mask (B, 1, 1, L), True where a key may be attended to
         B, L, H = x.shape
-        # query(x), key(x), value(x) as one [H -> 3H] matrix product: the same values up to rounding, but one kernel
-        # and under autocast one bf16 copy of x instead of three (a training step dispatches 17% fewer operations:
-        # bench/step_overhead.py). The weights stay in the checkpoint-named Linears; stacking copies 3 H^2 + 3 H.
+        # query(x), key(x), value(x) as one [H -> 3H] matrix product: the same values up to rounding, fewer operations
+        # (docs/03-encoder.md). The weights stay in the checkpoint-named Linears; stacking copies 3 H^2 + 3 H.
         weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3H, H)
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # (3H,)
         qkv = F.linear(x, weight, bias).view(B, L, 3, self.num_heads, H // self.num_heads)  # (B, L, 3, nh, hs)

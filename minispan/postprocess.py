@@ -1,13 +1,11 @@
-"""Logits -> answers: the best span per question, its no-answer odds, and an n-best list.
+"""Logits -> answers: the best span per question, its no-answer odds, and an n-best list (docs/06-postprocess.md).
 
-For every window (feature) of a question, the model scores each token as the answer's start and as its end.
-A span's score is start logit + end logit. SQuAD 2.0 adds the null answer, scored at [CLS] (position 0):
-null score = start_logits[0] + end_logits[0], the smallest over the question's windows (the original's choice).
+A span's score is start logit + end logit; the null answer's is start_logits[0] + end_logits[0] at [CLS], the smallest
+over the question's windows (the original's choice).
 
     null_odds = null score - best span score;   predict "" when null_odds > null_score_diff_threshold
 
-For example, [CLS] logits 2.0 and 1.5 (null score 3.5) against a best span of 3.2: null odds 0.3 > 0, the
-answer is "". `null_odds` is what the evaluation's --na-prob-file takes: the metrics pick the best threshold.
+For example, [CLS] logits 2.0 and 1.5 (null score 3.5) against a best span of 3.2: null odds 0.3 > 0, the answer is "".
 """
 import numpy as np
 
@@ -98,9 +96,8 @@ def check_inputs(examples, features, start_logits, end_logits, n_best_size, max_
     """postprocess's checks of what it is handed, so that the code above can trust it."""
     check_positive_ints(n_best_size=n_best_size, max_answer_length=max_answer_length)
     if not (len(features) == len(start_logits) == len(end_logits)):
-        raise ValueError(
-            f"postprocess: {len(features)} features but {len(start_logits)} start and {len(end_logits)} end logits"
-        )
+        raise ValueError(f"postprocess: {len(features)} features but {len(start_logits)} start and "
+                         f"{len(end_logits)} end logits")
     for i, feature in enumerate(features):
         if not 0 <= feature.example_index < len(examples):
             raise ValueError(f"postprocess: feature {i} belongs to example {feature.example_index}, but there are "

@@ -1,10 +1,6 @@
-"""Prediction and scoring of the dev set: the model's logits for every window, post-processed into answers
-and null odds, scored with the official SQuAD v2 metrics.
-
-    predictions.json, null_odds.json   the answers (cut at null odds 0), and the null odds (--na-prob-file)
-    span_predictions.json              every question's best span, before the cut
-    eval_results.json                  the official metrics of span_predictions.json with the null odds at
-                                       threshold 0: raw = predictions.json's, best_* over all thresholds
+"""Prediction and scoring of the dev set: the model's logits for every window, post-processed into answers and null
+odds, scored with the official SQuAD v2 metrics. Writes predictions.json, null_odds.json, span_predictions.json (every
+question's best span, before the cut at null odds 0) and eval_results.json; docs/07-scoring.md says why both.
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,9 +54,8 @@ def evaluate(model, dev, rt, pad_token_id, output_dir=None):
         raise ValueError("the model's outputs are not finite (NaN or inf): training diverged; see the loss in "
                          "log.jsonl, and try a lower --lr")
     predictions, null_odds, nbest = postprocess(dev.examples, dev.features, start_logits, end_logits)
-    # We score every question's best span with its null odds, cut by the metrics at threshold 0. The raw EM/F1 are
-    # exactly those of predictions.json (already cut at 0), and the best_* search can also try thresholds above 0,
-    # where predictions.json has already answered "" (SpanBERT scored the same way).
+    # Every best span with its null odds, cut by the metrics at 0: raw EM/F1 are predictions.json's, and best_* can
+    # also try thresholds above 0, where predictions.json says "" (as SpanBERT scored; docs/07-scoring.md).
     best_spans = {qid: next(filter(None, (entry["text"] for entry in entries)), "") for qid, entries in nbest.items()}
     metrics = squad_v2_metrics(dev.dataset, best_spans, na_probs=null_odds, na_prob_thresh=0.0)
     if output_dir is not None:

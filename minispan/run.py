@@ -1,14 +1,5 @@
-"""A training run, assembled: its inputs read and checked, its output directory, then the core's
-fine-tuning (loop.fine_tune) and dev evaluation (predict.evaluate). Everything is read and checked before
-the first write, so a bad input overwrites nothing.
-
-Outputs in --output-dir (only rank 0 writes):
-    run_config.json                      the settings (what --resume continues)
-    log.jsonl, checkpoints/step-N/       a line per logging step; the newest checkpoint (checkpoint.py)
-    config.json model.safetensors        the fine-tuned model (load_model, pipeline, transformers)
-    vocab.txt tokenizer_config.json      its tokenizer
-    predictions.json null_odds.json      dev predictions and their null odds (predict.py)
-    span_predictions.json eval_results.json
+"""A training run: its inputs read and checked, its output directory (RunDir), then loop.fine_tune and predict.evaluate.
+All is checked before the first write, so a bad input overwrites nothing; rank 0 writes RUN_FILES (README.md's table).
 """
 import contextlib
 import dataclasses
@@ -23,12 +14,14 @@ import torch
 
 from minispan.checkpoint import latest_checkpoint, truncate_log
 from minispan.config import BertConfig
+from minispan.download import ensure_squad
 from minispan.features import build_features
 from minispan.files import lock_file, read_json, read_json_object, write_json
 from minispan.loop import TrainConfig, TrainingSet, batch_plan, fine_tune
+from minispan.metrics import gold_answers
 from minispan.model import BertForQuestionAnswering
 from minispan.predict import DevSet, evaluate
-from minispan.runtime import TrainingError, main_process_first, start_process_group, start_runtime
+from minispan.runtime import TrainingError, main_process_first, start_runtime
 from minispan.squad import read_squad
 from minispan.step import set_dropout
 from minispan.tokenizer import WordPieceTokenizer, load_tokenizer
@@ -56,8 +49,10 @@ def train(cfg, run_dir):
     """The whole job: inputs, model, fine-tuning with checkpoints, the dev evaluation; rank 0 returns the metrics."""
     rt = start_runtime(cfg)
     run_dir.check(rt.rank)
-    if rt.world_size > 1:
-        start_process_group(rt)  # waits for every process: all have checked the output dir
+    if rt.world_size > 1:  # the process group: waits for every process, so all have checked the output dir
+        if rt.device.type == "cuda":
+            torch.cuda.set_device(rt.device)
+        torch.distributed.init_process_group("nccl" if rt.device.type == "cuda" else "gloo")
     train_examples = read_questions(cfg, "train", rt)
     dev_examples, dev_dataset = read_dev(cfg, rt)
     checkpoint = latest_checkpoint(run_dir.path) if cfg.resume else None
@@ -105,8 +100,6 @@ def train(cfg, run_dir):
 
 def read_dev(cfg, rt):
     """The dev questions, and the dev file's data holding just those for the official evaluation, checked as it will."""
-    from minispan.metrics import gold_answers
-
     dev_examples = read_questions(cfg, "dev", rt)
     keep = {example.id for example in dev_examples}
     data = read_json(cfg.dev_file)["data"]  # read_squad has checked the file's shape
@@ -120,12 +113,9 @@ def read_dev(cfg, rt):
 
 
 def read_questions(cfg, split, rt):
-    """The first --limit questions of --train-file / --dev-file, else of the official file in data/ (downloaded by
-    rank 0 when missing), whose path becomes the cfg's."""
+    """The first --limit questions of --train-file / --dev-file, else of the official file (rank 0 downloads it)."""
     path = getattr(cfg, f"{split}_file")
     if path is None:
-        from minispan.download import ensure_squad
-
         path = main_process_first(lambda: ensure_squad(split, data_dir="data"), rt.rank == 0, rt.world_size)
     elif not Path(path).is_file():
         raise TrainingError(f"--{split}-file {path}: no such file")
@@ -153,8 +143,7 @@ def model_dir(name, rt):
 
 
 def tokenizer_and_model(cfg, rt, train_examples, checkpoint):
-    """The --model directory's tokenizer and model (the demo builds its own); from a checkpoint, the tokenizer saved
-    in the output dir and the checkpoint's model. Returns (tokenizer, model, the --model directory or None)."""
+    """(tokenizer, model, --model's directory or None) from a checkpoint (and the output dir), the demo or --model."""
     source = None if cfg.demo or checkpoint else model_dir(cfg.model, rt)
     if checkpoint is not None:  # its tokenizer was saved before training began
         tokenizer, model = load_tokenizer(cfg.output_dir), load_model(checkpoint, device=rt.device)
@@ -174,8 +163,7 @@ def tokenizer_and_model(cfg, rt, train_examples, checkpoint):
 
 
 def evaluate_only(cfg):
-    """train.py --eval-only: predict and score the dev set with the fine-tuned --model, as run_squad's --do_eval did,
-    with its settings (train_cli.EVAL_ONLY); only the prediction files are written. Returns the metrics."""
+    """train.py --eval-only: the dev set's metrics for the fine-tuned --model, computed as run_squad's --do_eval did."""
     rt = start_runtime(cfg)
     out = Path(cfg.output_dir)
     if not cfg.overwrite and any((out / name).exists() for name in PREDICTION_FILES):
@@ -191,9 +179,8 @@ def evaluate_only(cfg):
 
 
 def demo_tokenizer(examples):
-    """A WordPiece vocabulary for the demo from the sample's own text: every character (as a first piece and as a
-    ##continuation), then every word, most frequent first. Not tokenizers' trainer: it breaks ties in hash-map order,
-    which differs between processes, and the demo's (torchrun, --resume, the tests comparing runs) must agree."""
+    """The demo's vocabulary: the sample's characters (and ##characters), then its words, most frequent first. Not
+    tokenizers' trainer: it breaks ties in hash-map order, and the demo's processes (torchrun, --resume) must agree."""
     from tokenizers import normalizers, pre_tokenizers
 
     normalize, split = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
@@ -206,8 +193,7 @@ def demo_tokenizer(examples):
 
 
 class RunDir:
-    """--output-dir: one run's at a time (its .lock); another run's files are refused (unless --overwrite or
-    --resume), cleared for a new run; once run_config.json is written, Ctrl-C can say how to resume it."""
+    """--output-dir: one run's at a time (its .lock); another run's files refused unless --overwrite or --resume."""
 
     def __init__(self, cfg):
         self.cfg, self.path, self.lock_file, self.resumable = cfg, Path(cfg.output_dir), None, bool(cfg.resume)
@@ -228,7 +214,6 @@ class RunDir:
                             "use --resume to continue it, --overwrite to replace it, or another --output-dir")
 
     def lock(self):
-        """Hold .lock in the output dir until close() (or the process ends): a second run there is refused."""
         if self.lock_file is None:
             self.path.mkdir(parents=True, exist_ok=True)
             self.lock_file, holder = lock_file(self.path / ".lock")
@@ -241,8 +226,7 @@ class RunDir:
             self.lock_file.close()  # lets go of the lock
 
     def start(self, tokenizer, source, rt):
-        """A run from its start: remove a previous run's files (the names a run writes; run_config.json last)
-        and a killed run's leftovers, write run_config.json (from then on --resume continues it), the tokenizer."""
+        """A run from its start: a previous run's files removed, then run_config.json (what --resume continues)."""
         self.lock()
         if self.cfg.resume:
             logger.warning("no checkpoint in %s: starting the run over", self.path / "checkpoints")
@@ -258,8 +242,7 @@ class RunDir:
         tokenizer.save(self.path)
 
     def remove(self, names=()):
-        """Remove `names`, and the hidden temporary files a killed run leaves (as large as the model): atomic_write's
-        .NAME.XXXXXXXX.tmp beside a run's file, checkpoint.py's checkpoints/.step-N.tmp. A user's own files stay."""
+        """Remove `names` and a killed run's temporaries (.NAME.XXXXXXXX.tmp, checkpoints/.step-N.tmp), not a user's."""
         ours = re.compile(rf"\.({'|'.join(map(re.escape, RUN_FILES))})\.\w{{8}}\.tmp|checkpoints/\.step-\d+\.tmp")
         leftovers = [path for path in (*self.path.glob(".*.tmp"), *self.path.glob("checkpoints/.*.tmp"))
                      if ours.fullmatch(path.relative_to(self.path).as_posix())]
@@ -270,8 +253,7 @@ class RunDir:
                 path.unlink(missing_ok=True)
 
     def resume_hint(self):
-        """How to continue an interrupted run, once its run_config.json is written (before that, one found in
-        the output dir belongs to the run that --overwrite is replacing)."""
+        """How to continue an interrupted run; none before its own run_config.json is written."""
         if not self.resumable:
             return ""
         world, local = (int(os.environ.get(name, "1")) for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"))

@@ -54,18 +54,11 @@ def resolve_precision(precision, device):
 
 
 def start_runtime(cfg):
-    """This process's Runtime: torchrun's RANK/LOCAL_RANK/WORLD_SIZE (none: one process), device and precision. The
-    process group (NCCL or gloo) starts later, in start_process_group, once this process has checked what it can."""
+    """This process's Runtime, from torchrun's RANK/LOCAL_RANK/WORLD_SIZE (none: one process), --device, --precision."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = (int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])) if world_size > 1 else (0, 0)
     device = resolve_device(cfg.device, local_rank, world_size)
     return Runtime(device, resolve_precision(cfg.precision, device), rank, world_size)
-
-
-def start_process_group(rt):
-    if rt.device.type == "cuda":
-        torch.cuda.set_device(rt.device)
-    torch.distributed.init_process_group("nccl" if rt.device.type == "cuda" else "gloo")
 
 
 def main_process_first(fetch, is_main, world_size):

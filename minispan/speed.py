@@ -1,14 +1,8 @@
 """Speed hooks: the step's forward and backward replayed from CUDA graphs, and compiled encoder layers.
 The loop asks forward_backward_hook for its forward and backward; the plain eager one is step.py's.
 
-CUDA graphs. Run eagerly, a SpanBERT-base step at batch 32 launches about 1,000 GPU kernels one by one from Python,
-and a fast GPU waits for the host (in one run on an H200, the GPU was busy 12 ms of a 27 ms step). A graph records
-the kernels once and relaunches them all with one call: in another run on that card, 15.7 ms a step against 54.0 ms
-eager, same gradients (bench/README.md). A graph replays the same kernels on the same shapes at the same addresses,
-so there is one per micro-batch shape (rows x width, recorded when it first comes; widths are multiples of 8, so at
-most 64 for 512-token windows), each batch is copied into the graph's own inputs, and the recorded backward adds into
-gradients that are never freed. All graphs share one memory pool: they run one after another on one stream and only
-the loss leaves a graph. Clipping, AdamW and the schedule stay eager. Dropout stays random: new masks each replay.
+A graph records a step's kernels once and relaunches them all with one call (in one run on an H200: 15.7 ms a step
+against 54.0 ms eager, same gradients; bench/README.md). Why and how: docs/05-training.md, "Making the step fast".
 """
 import functools
 import logging
@@ -31,8 +25,7 @@ def forward_backward_hook(model, scaler, rt, cuda_graphs=True):
 
 def compile_layers(model, backend="inductor"):
     """--compile: torch.compile each encoder layer in place (the state_dict keeps its names; CUDA graphs record the
-    compiled kernels), fusing runs of small elementwise kernels (bias, dropout, residual, LayerNorm, GELU, casts). The
-    12 layers share one compile (the whole model had not compiled after 150 s on an H200); dynamic=True: all widths."""
+    compiled kernels), fusing its small elementwise kernels; the 12 layers share one compile, for all widths."""
     for layer in model.bert.encoder.layer:
         layer.compile(dynamic=True, backend=backend)
 

@@ -1,9 +1,5 @@
-"""Read SQuAD 2.0 JSON into plain Example objects, validating as we go.
-
-The file is `{"version": ..., "data": [article, ...]}`; an article has a `title` and `paragraphs`; a paragraph has
-a `context` and `qas`; a question has an `id`, the `question`, `answers` (each `{"text", "answer_start"}`, a
-character offset into the context) and, in SQuAD 2.0, `is_impossible`. Unanswerable questions have no answers
-(their `plausible_answers` are ignored). Every problem is one line naming the file, the question id and the field.
+"""Read SQuAD 2.0 JSON into plain Example objects, validating as we go (the format: docs/01-reading-squad.md).
+Every problem is one line naming the file, the question id and the field. `plausible_answers` are ignored.
 """
 import json
 import warnings
@@ -37,10 +33,9 @@ class SquadWarning(UserWarning):
 
 
 def read_squad(path, training=False):
-    """Read a SQuAD 1.1/2.0 JSON file into a list of Example, in the file's order. With training=True, answers that
-    cannot be located in their context (answer_start out of range, or the text is not there) are dropped with a
-    warning, and so is an answerable question left with no usable answer: the target is the answer's position. For
-    evaluation they are kept (a warning still names them): scoring compares texts."""
+    """Read a SQuAD 1.1/2.0 JSON file into a list of Example, in the file's order. Answers not found in their context
+    are named in a warning; with training=True they are dropped (the target is their position), and so is an
+    answerable question left without one. For evaluation they are kept: scoring compares texts."""
     try:
         root = read_json(path)
     except ValueError as e:

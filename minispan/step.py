@@ -1,9 +1,7 @@
 """One optimizer step: AdamW and its schedule, mixed precision, and the step over a global batch.
 
 The recipe is SpanBERT's: AdamW (weight decay 0.01, none on biases and LayerNorm weights), lr warming up linearly over
-the first 10% of the steps then decaying linearly to 0, gradients clipped at norm 1.0. It is PyTorch's AdamW, as in
-transformers' Trainer; SpanBERT's own Adam had no bias correction (docs/08). One step consumes one *global batch*,
-split over the processes and into micro-batches whose gradients add up before the one update (micro_batches).
+the first 10% of the steps then decaying linearly to 0, gradients clipped at norm 1.0. See docs/05-training.md.
 """
 import contextlib
 import math
@@ -31,8 +29,7 @@ def param_groups(model, weight_decay):
 
 
 def make_optimizer(model, lr, weight_decay, device):
-    # fused: the update in a few kernel launches on a GPU, one pass on the CPU (the default loops over the tensors).
-    # With fp16 it reads the GradScaler's overflow flag on the device; the unfused path's .item() makes the CPU wait.
+    # fused: a few kernel launches on a GPU, one pass on the CPU; with fp16 no host wait for the scaler (docs/05).
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, fused=device.type in ("cuda", "cpu"))
 
 

@@ -1,11 +1,8 @@
 """Files of named tensors: safetensors by hand, and pytorch_model.bin safely.
 
-safetensors layout: an 8-byte little-endian header length N, N bytes of JSON
-{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}, then the raw
-little-endian tensor bytes, offsets counted from the end of the header.
-
-pytorch_model.bin is a pickle, and unpickling can run arbitrary code: we only ever read it with
-torch.load(weights_only=True), which refuses anything but tensors and plain containers.
+safetensors: an 8-byte little-endian header length N, N bytes of JSON {name: {"dtype", "shape", "data_offsets":
+[begin, end]}, "__metadata__": {...}}, then the raw little-endian tensor bytes, offsets counted from the header's end.
+pytorch_model.bin is a pickle, whose unpickling can run any code: read only with torch.load(weights_only=True).
 """
 import json
 import math

@@ -1,15 +1,7 @@
 """BERT's WordPiece tokenizer, built from a vocab.txt with the `tokenizers` library.
 
-We need two things from the tokenizer: the WordPiece ids, and for every token the span of characters it
-came from in the ORIGINAL text (so that a predicted token span can be cut out of the context exactly).
-`tokenizers` gives both, in Rust, for a whole batch of texts at once.
-
-BERT tokenizes in three steps, which map one to one onto `tokenizers` components:
-  1. normalize: drop control characters, map white space to " ", put spaces around CJK characters and,
-     for uncased models only, lower-case and strip accents (SpanBERT is cased: it does neither);
-  2. pre-tokenize: split on white space and around every punctuation character;
-  3. WordPiece: split each word greedily into the longest vocabulary pieces ("playing" -> "play", "##ing");
-     a word with no such split, or longer than 100 characters, becomes [UNK].
+Gives the WordPiece ids and, for every token, its character span in the ORIGINAL text (so that a predicted token span
+can be cut out of the context exactly), for a whole batch of texts at once, in Rust. See docs/02-features.md.
 """
 import logging
 from functools import cached_property

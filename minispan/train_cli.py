@@ -1,12 +1,5 @@
-"""train.py's command line: flags -> a checked TrainConfig, --resume's rules, and main().
-
-    python train.py --device cuda                        # SpanBERT-base, the official files, 4 epochs
-    torchrun --nproc_per_node 8 train.py --device cuda   # the same run on 8 GPUs
-    python train.py --demo                               # a tiny model on data/sample.json, CPU, about a minute
-    python train.py --model mrm8488/spanbert-finetuned-squadv2 --eval-only   # score a published checkpoint
-
-Flags left unset take the recipe's values (loop.TrainConfig), the demo's (DEMO) with --demo, or with
---resume the run's own (its run_config.json). Every check of a flag is in check_config, before anything runs.
+"""train.py's command line (see README.md): flags -> a checked TrainConfig (check_config), --resume's rules, main().
+Unset flags take the recipe's values (loop.TrainConfig), the demo's (DEMO) with --demo, or the run's own with --resume.
 """
 import argparse
 import json

@@ -1,7 +1,5 @@
-"""Checkpoints in and out: a checkpoint's names mapped to ours, load_model and save_model.
-
-The tensors come from files of named tensors (tensor_files.py: safetensors by hand, pytorch_model.bin
-through torch.load(weights_only=True)); the names are transformers', BERT's or fairseq's.
+"""Checkpoints in and out: a checkpoint's names (transformers', BERT's or fairseq's) mapped to ours, load_model and
+save_model. The tensors come from tensor_files.py; the names are explained in docs/03-encoder.md.
 """
 import logging
 import re
