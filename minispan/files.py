@@ -83,7 +83,7 @@ def write_json(path, obj, indent=2):
 def lock_file(path):
     """(the open file `path`, None) holding an exclusive lock on it, with this process's id written in it; or (None, the
     id its holder wrote). The kernel drops the lock (flock) with its process, even on kill -9: none is left stuck."""
-    f = open(path, "a+", encoding="utf-8")
+    f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666), "r+", encoding="utf-8")  # no link
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -199,11 +199,16 @@ class RunDir:
         self.cfg, self.path, self.lock_file, self.resumable = cfg, Path(cfg.output_dir), None, bool(cfg.resume)
 
     def check(self, rank=0):
+        """Before anything is written (.lock is made only by start()): no run at work there, no other run's files."""
         out = self.path
         if out.exists() and not out.is_dir():
             raise TrainingError(f"--output-dir {out}: exists and is not a directory")
-        if rank == 0 and out.is_dir():
+        if rank == 0 and (out / ".lock").exists():
             self.lock()  # first: a run at work in it is what to report
+        self.refuse_another_run()
+
+    def refuse_another_run(self):
+        out = self.path
         present = [name for name in RUN_FILES if (out / name).exists()]
         if self.cfg.resume or self.cfg.overwrite or not present:
             return
@@ -228,6 +233,7 @@ class RunDir:
     def start(self, tokenizer, source, rt):
         """A run from its start: a previous run's files removed, then run_config.json (what --resume continues)."""
         self.lock()
+        self.refuse_another_run()  # again, under the lock: another run may have filled the folder since check()
         if self.cfg.resume:
             logger.warning("no checkpoint in %s: starting the run over", self.path / "checkpoints")
         self.remove(RUN_FILES[1:])

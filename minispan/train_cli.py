@@ -29,7 +29,7 @@ EVAL_FLAGS = {"model", "dev_file", "output_dir", "limit", "device", "precision",
 # 64-bit integer; run.MAX_PLAN bounds epochs x features); --max-seq-length is also bounded by the model's positions.
 INT_FLAGS = dict(epochs=(1, 10**7), batch_size=(1, 10**6), per_device_batch_size=(1, 10**6),
                  max_seq_length=(1, 10**6), doc_stride=(1, 10**6), max_query_length=(1, 10**6), save_every=(0, 10**9),
-                 log_every=(1, 10**9), limit=(1, 10**9), seed=(0, 2**63 - 1))
+                 log_every=(1, 10**9), limit=(1, 10**9), seed=(-2**63, 2**63 - 1))
 # Each float flag's range, as its message says it; --dropout's is optional.
 FLOAT_FLAGS = {"lr": ("> 0", lambda v: v > 0), "weight_decay": (">= 0", lambda v: v >= 0),
                "max_grad_norm": (">= 0", lambda v: v >= 0), "warmup_ratio": ("between 0 and 1", lambda v: 0 <= v <= 1),
@@ -109,7 +109,7 @@ def parse_args(argv=None):
         values = {**(DEMO if flags.get("demo") else {}), **flags}
     if "output_dir" not in values:
         model = Path(values.get("model", TrainConfig.model))  # a folder, or a Hub id: its name
-        model = model.resolve() if model.is_dir() else model  # "." has a name too
+        model = Path(os.path.abspath(model)) if model.is_dir() else model  # "." has a name too (links kept)
         generic = model.name in GENERIC and model.is_dir()
         values["output_dir"] = str(Path("runs") / (f"{model.parent.name}-{model.name}" if generic else model.name))
     cfg = TrainConfig(**values, resume=resume, overwrite=overwrite, eval_only=eval_only)
@@ -131,18 +131,18 @@ def same_as_saved(name, given, saved):
 
 def check_config(cfg):
     """Every flag's own check, in one place (as BERT's validate_flags_or_throw): the run below trusts them."""
-    for name, (low, high) in INT_FLAGS.items():
-        value = getattr(cfg, name)
-        if value is not None and value < low:
-            raise TrainingError(f"{flag(name)} must be {'> 0' if low else '>= 0'}, got {value}")
-        if value is not None and value > high:
-            raise TrainingError(f"{flag(name)} must be at most {high:,}, got {value}")
     for name, (expected, within) in FLOAT_FLAGS.items():
         value = getattr(cfg, name)
         if name != "dropout" and not math.isfinite(value):  # argparse's float() takes nan and inf
             raise TrainingError(f"{flag(name)} must be a finite number, got {value}")
         if value is not None and not within(value):
             raise TrainingError(f"{flag(name)} must be {expected}, got {value}")
+    for name, (low, high) in INT_FLAGS.items():
+        value = getattr(cfg, name)
+        if value is not None and value < low:
+            raise TrainingError(f"{flag(name)} must be {'> 0' if low == 1 else f'>= {low:,}'}, got {value}")
+        if value is not None and value > high:
+            raise TrainingError(f"{flag(name)} must be at most {high:,}, got {value}")
 
 
 def read_run_config(output_dir):

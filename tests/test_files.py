@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from minispan.files import append_line, atomic_write, read_json, write_json
+from minispan.files import append_line, atomic_write, lock_file, read_json, write_json
 
 
 def test_write_json_round_trip(tmp_path):
@@ -160,3 +160,16 @@ def test_append_line_is_whole_or_not_at_all(tmp_path):
     out = subprocess.run([sys.executable, "-c", script, str(log)], capture_output=True, text=True, check=True)
     assert out.stdout.startswith(f"[Errno {errno.EFBIG}] {log}: cannot write: "), out.stdout + out.stderr
     assert log.read_text() == '{"step": 1}\n'
+
+
+def test_the_run_lock_is_never_taken_through_a_link(tmp_path):
+    """.lock gets this process's id written in it: a link placed there must not send that over another file."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / ".lock").symlink_to(victim)
+    with pytest.raises(OSError):
+        lock_file(tmp_path / ".lock")
+    assert victim.read_text() == "precious"
+    held, holder = lock_file(tmp_path / "real.lock")
+    assert holder is None and (tmp_path / "real.lock").read_text() == f"{os.getpid()}\n"
+    held.close()

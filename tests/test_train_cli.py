@@ -15,9 +15,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from minispan.evaluate_cli import main as evaluate_main
+from minispan.runtime import TrainingError
 from minispan.train_cli import main, parse_args
 from minispan.weights import load_state_dict_file
 
@@ -318,6 +320,9 @@ def test_bad_input_is_one_clear_line_and_overwrites_nothing(tmp_path, sample_pat
     fails("--demo", "--batch-size", "0", expect="--batch-size must be > 0")
     # Past what any run takes: named, not torch's "Overflow when unpacking long long", nor a plan that never ends.
     fails("--demo", "--seed", str(2**70), expect=f"--seed must be at most 9,223,372,036,854,775,807, got {2**70}")
+    fails("--demo", "--seed", str(-2**70), expect=f"--seed must be >= -9,223,372,036,854,775,808, got {-2**70}")
+    assert parse_args(["--demo", "--seed", "-1"]).seed == -1  # torch takes negative seeds too
+    fails("--demo", "--lr", "nan", "--epochs", "0", expect="--lr must be a finite number, got nan")  # as before
     fails("--demo", "--epochs", "1000000000", expect="--epochs must be at most 10,000,000, got 1000000000")
     assert main(["--demo", "--epochs", "1000000", "--output-dir", str(out)]) == 2  # known once the features are
     assert capsys.readouterr().err.splitlines()[-1] == ("error: --epochs 1000000: 1,000,000 x 45 training features "
@@ -343,6 +348,17 @@ def test_bad_input_is_one_clear_line_and_overwrites_nothing(tmp_path, sample_pat
     (other / "model.safetensors").write_bytes(b"precious")
     fails("--demo", "--output-dir", other, expect="holds another run (run_config.json, model.safetensors)")
     assert (other / "model.safetensors").read_bytes() == b"precious"
+    assert sorted(os.listdir(other)) == ["model.safetensors", "run_config.json"]  # not even a .lock
+
+    # It filled while this run read its inputs (minutes on SQuAD): start(), under the lock, looks again.
+    from minispan.run import RunDir
+    late = RunDir(parse_args(["--demo", "--output-dir", str(tmp_path / "late")]))
+    late.check()
+    shutil.copytree(other, tmp_path / "late")
+    with pytest.raises(TrainingError, match="holds another run"):
+        late.start(None, None, None)
+    late.close()
+    assert (tmp_path / "late" / "model.safetensors").read_bytes() == b"precious"
 
     # A run that diverges says so, instead of failing in the metrics on a NaN null odds.
     assert main(["--demo", "--epochs", "1", "--lr", "1e10", "--output-dir", str(tmp_path / "diverged")]) == 2
@@ -490,9 +506,11 @@ def test_the_default_output_dir_is_named_after_the_model(tmp_path, monkeypatch):
     """runs/ and the model's name; a folder with a name that says nothing (.../model) gets its parent's too."""
     (tmp_path / "minilm" / "model").mkdir(parents=True)
     (tmp_path / "minilm-v2").mkdir()
+    (tmp_path / "linked").symlink_to(tmp_path / "minilm" / "model")  # named by the link, not its target
     monkeypatch.chdir(tmp_path)
     for model, out in (("minilm/model", "runs/minilm-model"), ("minilm-v2", "runs/minilm-v2"),
-                       (".", f"runs/{tmp_path.name}"), ("owner/checkpoint", "runs/checkpoint")):  # a Hub id
+                       (".", f"runs/{tmp_path.name}"), ("linked", "runs/linked"),
+                       ("owner/checkpoint", "runs/checkpoint")):  # a Hub id
         assert parse_args(["--model", model]).output_dir == str(Path(out)), model
 
 
