@@ -24,7 +24,7 @@ SQUAD_URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset/"
 SQUAD_QUESTIONS = {"train": 130_319, "dev": 11_873}
 READ = 64 << 10  # one read from the network; less than this in `timeout` seconds is a stalled transfer
 MAX_BYTES = 4 << 30  # per file: SpanBERT-large's tarball is 1.2 GB; a server sending more is not sending it
-DEADLINE = 3600  # seconds for a whole download, retries included (the command line's --deadline)
+DEADLINE = 3600  # default seconds for a whole download, retries included (the command line's --deadline)
 
 
 class DownloadError(RuntimeError):
@@ -183,7 +183,7 @@ def _chunks(response, timeout, end):
             raise _Interrupted(f"stalled: {since:,} bytes in {now - mark:.0f} s")
 
 
-def ensure_squad(split, data_dir="data", *, base_url=None, expected_questions=None, progress=True):
+def ensure_squad(split, data_dir="data", *, base_url=None, expected_questions=None, progress=True, deadline=None):
     """Path of the official SQuAD 2.0 `split` ("train" or "dev") in `data_dir`, downloaded if missing."""
     if split not in SQUAD_QUESTIONS:
         raise ValueError(f"unknown SQuAD split {split!r}: expected 'train' or 'dev'")
@@ -194,7 +194,7 @@ def ensure_squad(split, data_dir="data", *, base_url=None, expected_questions=No
         return path
     url = env_url(base_url, "MINISPAN_SQUAD_URL", SQUAD_URL) + path.name
     try:
-        download(url, path, progress=progress)
+        download(url, path, progress=progress, deadline=deadline)
     except DownloadError as e:
         raise DownloadError(f"{e}. Offline? Download {url} and save it as {path}") from None
     try:
@@ -222,7 +222,6 @@ def _check_squad(path, expected_questions, hint):
 
 
 def main(argv=None):
-    global DEADLINE
     from minispan.hub import SPANBERT, ensure_spanbert
 
     parser = argparse.ArgumentParser(prog="python -m minispan.download",
@@ -234,12 +233,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not 0 < args.deadline < float("inf"):
         parser.error(f"--deadline: {args.deadline:g} is not a positive number of seconds")
-    DEADLINE = args.deadline  # every download below, hub.py's too, takes it as its default
     try:
         if args.what == "squad":
-            paths = [ensure_squad(split, args.dest or "data") for split in ("train", "dev")]
+            paths = [ensure_squad(split, args.dest or "data", deadline=args.deadline) for split in ("train", "dev")]
         else:
-            paths = [ensure_spanbert(args.what, args.dest or "models")]  # the Hub, else the release tarball
+            paths = [ensure_spanbert(args.what, args.dest or "models", deadline=args.deadline)]  # Hub, else tarball
     except (DownloadError, ValueError, OSError) as e:  # OSError: a --dest it cannot create or write
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -247,6 +245,6 @@ def main(argv=None):
     return 0
 
 
-if __name__ == "__main__":  # the imported module's main, not this copy's: hub.py's DownloadError and DEADLINE
+if __name__ == "__main__":  # the imported module's main, not this copy's: its DownloadError is the one hub.py raises
     import minispan.download
     sys.exit(minispan.download.main())

@@ -83,7 +83,7 @@ def hub_error(e, repo_id, revision):
             "online, or point HF_HOME / HF_HUB_CACHE at a cache that has it")
 
 
-def ensure_spanbert(name, cache_dir="models", *, tarball_url=None, progress=True):
+def ensure_spanbert(name, cache_dir="models", *, tarball_url=None, progress=True, deadline=None):
     """`cache_dir`/`name`: SpanBERT's config.json and weights (the Hub's, else the release tarball's), BERT's cased
     vocab.txt; gathered and checked in `cache_dir`/.`name`.download/, then renamed. For one process at a time."""
     from minispan.tokenizer import load_tokenizer  # and torch: not needed to download SQuAD (download.main)
@@ -103,7 +103,7 @@ def ensure_spanbert(name, cache_dir="models", *, tarball_url=None, progress=True
                 _link(hub_file(repo, WEIGHTS_FILES, revision=config.parent.name), staging)  # the same commit's
             except DownloadError as e:  # the original release instead
                 try:
-                    _weights_from_tarball(release, staging, progress)
+                    _weights_from_tarball(release, staging, progress, deadline)
                 except DownloadError as again:
                     raise DownloadError(f"{e}; {again}") from None
             _link(hub_file(vocab_repo, ("vocab.txt",)), staging)
@@ -142,10 +142,10 @@ def _existing(target):
     return target
 
 
-def _weights_from_tarball(url, staging, progress):
+def _weights_from_tarball(url, staging, progress, deadline):
     """The original release: a .tar.gz holding config.json and pytorch_model.bin (no vocabulary)."""
     archive = staging / url.rsplit("/", 1)[-1]
-    download(url, archive, progress=progress)
+    download(url, archive, progress=progress, deadline=deadline)
     extracted = staging / "extracted"
     shutil.rmtree(extracted, ignore_errors=True)
     extract_tarball(archive, extracted)
